@@ -1,0 +1,60 @@
+"""Process group set-up and the few collectives the loop needs (works for python, torchrun and
+accelerate launch: all three set, or leave unset, RANK / WORLD_SIZE / LOCAL_RANK)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched_distributed() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init() -> torch.device:
+    """Start the process group when launched by torchrun/accelerate (nccl on GPU, gloo on CPU)."""
+    dev = device()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if launched_distributed() and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dev
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (a no-op on one process). Returns a tensor on t's device."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        on = device() if dist.get_backend() == "nccl" else t.device
+        x = t.to(on)
+        dist.all_reduce(x)
+        return x.to(t.device)
+    return t
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown():
+    if dist.is_initialized():
+        dist.destroy_process_group()

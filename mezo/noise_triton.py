@@ -1,0 +1,145 @@
+"""Triton version of `zo._sweep_kernel`: restore / update / perturb a flat shard in one pass.
+
+z is generated inside the kernel from (keys, global element index) with the hash of
+mezo/noise.py, so each weight is read once and written once per sweep and no z tensor
+exists. Semantics follow `zo._sweep_kernel` op for op:
+
+    x <- rnd(x + ar * z(kr))                                  if RESTORE
+    x <- rnd(x - lr * (sum_j cu[j] * z(ku[j]) + wd * x))      if N_UPDATE
+    master mode:  out <- cast(x + bp * z(kp))   (or cast(x) without PERTURB)
+    in place:     x <- cast(x + bp * z(kp))                   if PERTURB
+
+rnd() rounds to x's dtype (when `rounding`). Floating-point contraction is disabled, so
+every add and multiply is rounded separately, as in eager PyTorch. fp32 -> bf16 casts are
+done with integer round-to-nearest-even (as torch does; Triton's interpreter truncates).
+
+Rademacher z is bit-exact vs mezo/noise.py; Gaussian z differs only by the log/cos
+implementation (libdevice on GPU, numpy in TRITON_INTERPRET=1 mode), ~1e-7.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+    HAVE_TRITON = True
+except Exception:  # pragma: no cover - no triton
+    HAVE_TRITON = False
+
+BLOCK = 1024
+
+
+def available() -> bool:
+    """Triton importable and a CUDA device present (the GPU path is usable)."""
+    return HAVE_TRITON and torch.cuda.is_available()
+
+
+if HAVE_TRITON:
+    @triton.jit
+    def _mix(x):  # lowbias32 on uint32
+        x = x ^ (x >> 16)
+        x = x * 0x7FEB352D
+        x = x ^ (x >> 15)
+        x = x * 0x846CA68B
+        return x ^ (x >> 16)
+
+    @triton.jit
+    def _key(k_ptr, j: tl.constexpr):
+        return tl.load(k_ptr + j).to(tl.uint32, bitcast=True)
+
+    @triton.jit
+    def _uniform(h):
+        return ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+
+    @triton.jit
+    def _z(idx, k_ptr, GAUSS: tl.constexpr, LIBDEVICE: tl.constexpr):
+        h1 = _mix(_mix(idx ^ _key(k_ptr, 0)) ^ _key(k_ptr, 1))
+        if GAUSS:
+            h2 = _mix(_mix(idx ^ _key(k_ptr, 2)) ^ _key(k_ptr, 3))
+            t = 6.283185307179586 * _uniform(h2)
+            if LIBDEVICE:
+                r = tl.sqrt_rn(-2.0 * libdevice.log(_uniform(h1)))
+                z = r * libdevice.cos(t)
+            else:
+                r = tl.sqrt_rn(-2.0 * tl.log(_uniform(h1)))
+                z = r * tl.cos(t)
+        else:
+            z = 1.0 - 2.0 * (h1 >> 31).to(tl.float32)
+        return z
+
+    @triton.jit
+    def _cast(v, dt: tl.constexpr):
+        """fp32 -> dt with round-to-nearest-even (bf16 done on the bits)."""
+        if dt == tl.bfloat16:
+            u = v.to(tl.uint32, bitcast=True)
+            u = u + 0x7FFF + ((u >> 16) & 1)
+            b = tl.where(v != v, 0x7FC0, u >> 16).to(tl.uint16)
+            return b.to(tl.bfloat16, bitcast=True)
+        else:
+            return v.to(dt)
+
+    @triton.jit
+    def _sweep(x_ptr, out_ptr, n, start_ptr, kr_ptr, ar_ptr, ku_ptr, cu_ptr, lr_ptr, wd_ptr, kp_ptr, bp_ptr,
+               GAUSS: tl.constexpr, ROUND: tl.constexpr, RESTORE: tl.constexpr, N_UPDATE: tl.constexpr,
+               PERTURB: tl.constexpr, WRITE_OUT: tl.constexpr, MOVED: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        idx = (offs + tl.load(start_ptr)).to(tl.uint32)  # global element index (< 2**31)
+        xdt: tl.constexpr = x_ptr.dtype.element_ty
+        v = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+        if RESTORE:
+            v = v + tl.load(ar_ptr) * _z(idx, kr_ptr, GAUSS, LIBDEVICE)
+            if ROUND:
+                v = _cast(v, xdt).to(tl.float32)
+        if N_UPDATE > 0:
+            s = tl.load(cu_ptr) * _z(idx, ku_ptr, GAUSS, LIBDEVICE)
+            for j in tl.static_range(1, N_UPDATE):
+                s = s + tl.load(cu_ptr + j) * _z(idx, ku_ptr + 4 * j, GAUSS, LIBDEVICE)
+            v = v - tl.load(lr_ptr) * (s + tl.load(wd_ptr) * v)
+            if ROUND:
+                v = _cast(v, xdt).to(tl.float32)
+        if PERTURB:
+            p = v + tl.load(bp_ptr) * _z(idx, kp_ptr, GAUSS, LIBDEVICE)
+        else:
+            p = v
+        if WRITE_OUT:
+            if MOVED:
+                tl.store(x_ptr + offs, _cast(v, xdt), mask=mask)
+            tl.store(out_ptr + offs, _cast(p, out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(x_ptr + offs, _cast(p, xdt), mask=mask)
+
+
+def _vec(v, dtype, device) -> torch.Tensor:
+    """A Python number/sequence or a tensor as a flat `dtype` tensor on `device` (no copy if already)."""
+    if isinstance(v, torch.Tensor):
+        return v.reshape(-1).to(device=device, dtype=dtype).contiguous()
+    return torch.tensor(v, dtype=dtype, device=device).reshape(-1)
+
+
+def triton_sweep(x, out, start, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, rounding,
+                 restore: bool, n_update: int, perturb: bool, write_out: bool):
+    """Drop-in for `zo._sweep_kernel` (same arguments; scalars may be Python numbers or
+    0-d tensors, keys tuples of 4 int32 or int32 tensors, ku shaped (n_update, 4))."""
+    n = x.numel()
+    if n == 0 or not (restore or n_update or perturb or write_out):
+        return  # nothing to do (the eager kernel writes nothing either)
+    assert x.is_contiguous() and (out is None or out.is_contiguous())
+    dev = x.device
+    i32 = lambda v: _vec(v, torch.int32, dev)  # noqa: E731
+    f32 = lambda v: _vec(v, torch.float32, dev)  # noqa: E731
+    _sweep[(triton.cdiv(n, BLOCK),)](
+        x, out if out is not None else x, n, i32(start), i32(kr), f32(ar), i32(ku), f32(cu), f32(lr), f32(wd),
+        i32(kp), f32(bp),
+        GAUSS=dist == "gaussian", ROUND=bool(rounding), RESTORE=bool(restore), N_UPDATE=int(n_update),
+        PERTURB=bool(perturb), WRITE_OUT=bool(write_out),
+        MOVED=bool(restore or n_update), LIBDEVICE=dev.type == "cuda" and not _interpret(),
+        BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

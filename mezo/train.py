@@ -1,0 +1,198 @@
+"""The MeZO training loop: flags -> data -> model (FSDP2 when distributed) -> zero-shot eval ->
+MeZO steps with periodic dev/test evaluation -> final evaluation, all logged to --output_dir."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from mezo import config, distributed as D, models, telemetry
+from mezo.evaluation import evaluate
+from mezo.scoring import Encoder, classification_loss
+from mezo.tasks import get_task, make_splits
+from mezo.telemetry import log
+from mezo.zo import ZOEngine
+
+
+def step_seed(base: int, step: int, j: int = 0, n: int = 1) -> int:
+    """The seed of direction j at `step`: a pure function of (--seed, step), so a run can be
+    replayed or resumed from the step number alone."""
+    return (int(base) << 32) | (step * n + j)
+
+
+def lr_at(args, step: int) -> float:
+    if args.lr_scheduler_type == "linear":
+        return args.learning_rate * max(0.0, 1.0 - step / args.max_steps)
+    return args.learning_rate
+
+
+class BatchStream:
+    """Examples in seeded per-epoch permutations; the global micro-batch of (step, micro) is a
+    pure function of the step, and each rank takes its contiguous slice of it."""
+
+    def __init__(self, n: int, batch_size: int, accum: int, seed: int):
+        self.n, self.bs, self.accum, self.seed = n, batch_size, accum, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms[epoch] = np.random.RandomState(self.seed + epoch).permutation(self.n)
+        return self._perms[epoch]
+
+    def global_batch(self, step: int, micro: int) -> list[int]:
+        start = (step * self.accum + micro) * self.bs
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.bs)]
+
+    def local_batch(self, step: int, micro: int) -> list[int]:
+        g = self.global_batch(step, micro)
+        per = self.bs // D.world_size()
+        return g[D.rank() * per:(D.rank() + 1) * per]
+
+
+def make_loss_fn(model, enc, train, stream: BatchStream):
+    """loss_fn(step) -> mean loss over the global batch (all micro-batches, all ranks):
+    each rank sums its losses, one all-reduce of [sum, count] gives every rank the same value."""
+    def loss_fn(step: int) -> float:
+        total = torch.zeros(2, dtype=torch.float64)
+        for micro in range(stream.accum):
+            batch = [train[i] for i in stream.local_batch(step, micro)]
+            total[0] += float(classification_loss(model, enc, batch))
+            total[1] += len(batch)
+        total = D.all_reduce_sum(total)
+        return float(total[0] / total[1])
+    return loss_fn
+
+
+def experiment_config(args, model, world: int, device) -> dict:
+    import transformers
+    total, trainable = models.count_params(model)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"args": vars(args), "task": args.task_name, "model_name": args.model_name, "mode": "mezo",
+            "resolved_model": models.resolve(args.model_name, args.gguf_file)[0],
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "world_size": world, "device": f"{device} {name}", "dtype": args.dtype,
+            "master_weights": args.use_master, "num_params": total, "num_trainable_params": trainable,
+            "command": " ".join(sys.argv)}
+
+
+def run(args) -> dict:
+    device = D.init()
+    world, main = D.world_size(), D.is_main()
+    if main:
+        os.makedirs(args.output_dir, exist_ok=True)
+    D.barrier()
+    telemetry.setup_logging(args.output_dir, main)
+    if main:
+        telemetry.write_json(os.path.join(args.output_dir, "run_config.json"),
+                             {k: v for k, v in vars(args).items() if k != "use_master"})
+    torch.manual_seed(args.seed)
+
+    task = get_task(args.task_name, text_column=args.text_column)
+    hub = (args.dataset, args.dataset_config) if args.dataset else (None, None)
+    train_rows = task.load_split(task.train_split, args.data_dir, *hub)
+    eval_rows = task.load_split(task.eval_split, args.data_dir, *hub)
+    splits = make_splits(task, train_rows, eval_rows, num_train=args.num_train, num_dev=args.num_dev,
+                         num_eval=args.num_eval, train_set_seed=args.train_set_seed)
+    log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
+             len(splits.test), args.data_dir or "hub")
+
+    t_load = time.time()
+    model, tok = models.load(args.model_name, args.gguf_file, args.dtype, device)
+    if D.launched_distributed():
+        models.shard(model, device, args.fsdp_version)
+    log.info("model %s loaded in %.1fs (%s, world size %d%s)", args.model_name, time.time() - t_load,
+             args.dtype, world, ", FSDP2" if D.launched_distributed() else "")
+    if main:
+        telemetry.write_json(os.path.join(args.output_dir, "experiment_config.json"),
+                             experiment_config(args, model, world, device))
+
+    mem = None
+    if args.memory_logging and main:
+        mem = telemetry.MemoryLogger(os.path.join(args.output_dir, "memory_log.json"), device,
+                                     args.memory_interval).start()
+    metrics = telemetry.Metrics(os.path.join(args.output_dir, "training_metrics.json") if main else None,
+                                every=args.log_steps)
+    enc = Encoder(tok, args.max_length)
+    torch.set_grad_enabled(False)
+
+    def run_eval(step):
+        rec = {"step": step, "dev": evaluate(model, enc, splits.dev, args.eval_batch_size),
+               "test": evaluate(model, enc, splits.test, args.eval_batch_size)}
+        log.info("step %d: dev %s test %s", step, rec["dev"], rec["test"])
+        return rec
+
+    try:
+        if not args.no_initial_eval:
+            zs = {"test": evaluate(model, enc, splits.test, args.eval_batch_size)}
+            metrics.data["zero_shot"] = zs
+            metrics.save()
+            log.info("zero-shot test %s", zs["test"])
+            if main:
+                print(f"zero-shot test accuracy: {zs['test']['accuracy']:.4f}", flush=True)
+
+        engine = ZOEngine.from_model(model, dist=args.zo_dist, backend=args.zo_backend, fused=not args.no_fuse,
+                                     master_weights=args.use_master)
+        log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, master weights %s)",
+                 len(engine.slots), args.zo_dist, engine.backend, "fused" if engine.fused else "plain",
+                 engine.master_weights)
+        stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed)
+        loss_at = make_loss_fn(model, enc, splits.train, stream)
+        bar = None
+        if main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=args.max_steps, desc="MeZO", dynamic_ncols=True)
+        n = args.zo_num_samples
+        for step in range(args.max_steps):
+            t0 = time.time()
+            lr = lr_at(args, step)
+            seeds = [step_seed(args.seed, step, j, n) for j in range(n)]
+            grads, losses = engine.step(lambda: loss_at(step), seeds, lr, args.zo_eps, args.weight_decay)
+            lp, lm = losses[0]
+            rec = {"step": step + 1, "loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp,
+                   "loss_minus": lm, "projected_grad": float(np.mean(grads)), "lr": lr,
+                   "step_time_s": time.time() - t0, "seeds": seeds}
+            metrics.step(rec)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", g=f"{rec['projected_grad']:.3g}")
+            if (step + 1) % args.eval_steps == 0 or step + 1 == args.max_steps:
+                engine.flush()
+                metrics.eval(run_eval(step + 1))
+        engine.flush()
+        if bar:
+            bar.close()
+        if args.save_model:
+            models.save_full(model, tok, os.path.join(args.output_dir, "model"), main)
+        evals = metrics.data["evals"]
+        best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
+        metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
+                                 "best_dev_step": best["step"] if best else None}
+        metrics.save("completed")
+        if main and evals:
+            print(f"final test accuracy: {evals[-1]['test']['accuracy']:.4f}", flush=True)
+        return metrics.data
+    except BaseException:
+        metrics.save("failed")
+        raise
+    finally:
+        if mem:
+            mem.stop()
+
+
+def main(argv=None) -> int:
+    args = config.parse(argv, D.world_size())
+    try:
+        run(args)
+    finally:
+        D.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,9 +62,11 @@ def shard(model: nn.Module, device: torch.device, fsdp_version: int = 2) -> nn.M
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    # reshard after every forward, root included: MeZO changes the shards in place between
+    # forwards, so no unsharded copy may outlive the forward that gathered it
     for block in transformer_blocks(model):
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
     return model
 
 

@@ -1,0 +1,131 @@
+"""mezo/noise_triton.py vs the eager CPU path, run with Triton's interpreter (no GPU needed)."""
+import importlib
+import os
+
+import pytest
+import torch
+
+try:
+    import triton  # noqa: F401
+except Exception as e:  # pragma: no cover
+    pytest.skip(f"triton cannot be imported: {e}", allow_module_level=True)
+
+from mezo import noise, zo
+
+F32 = lambda v: torch.tensor(float(v), dtype=torch.float32)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def nt():
+    """mezo.noise_triton with its kernels built in interpreter mode (TRITON_INTERPRET=1)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        import mezo.noise_triton as mod
+        yield importlib.reload(mod)  # jit decorators read TRITON_INTERPRET at definition time
+
+
+def keys(seed, name="layer.weight"):
+    return torch.tensor(noise.keys(seed, name), dtype=torch.int32)
+
+
+def run_both(nt, x, out, start, *, dist, restore=None, update=None, perturb=None):
+    """Apply one sweep with zo._sweep_kernel and with triton_sweep (on copies); return both results."""
+    n_update = len(update[0]) if update else 0
+    args = (F32(0) if not n_update else torch.tensor(update[1], dtype=torch.float32),
+            F32(update[2] if update else 0), F32(update[3] if update else 0))
+    kw = dict(dist=dist, rounding=x.dtype != torch.float32, restore=restore is not None, n_update=n_update,
+              perturb=perturb is not None, write_out=out is not None)
+    kr = keys(restore[0]) if restore else torch.zeros(4, dtype=torch.int32)
+    ku = torch.stack([keys(s) for s in update[0]]) if update else torch.zeros(1, 4, dtype=torch.int32)
+    kp = keys(perturb[0]) if perturb else torch.zeros(4, dtype=torch.int32)
+    ar, bp = F32(restore[1] if restore else 0), F32(perturb[1] if perturb else 0)
+    res = []
+    for fn in (zo._sweep_kernel, nt.triton_sweep):
+        xc, oc = x.clone(), out.clone() if out is not None else None
+        fn(xc, oc, torch.tensor(start, dtype=torch.int32), kr, ar, ku, args[0], args[1], args[2], kp, bp, **kw)
+        res.append((xc, oc))
+    return res
+
+
+@pytest.mark.parametrize("start", [0, 777])
+def test_rademacher_bit_exact(nt, start):
+    n = 3000  # not a multiple of the block
+    x = torch.zeros(n)
+    nt.triton_sweep(x, None, start, noise.keys(5, "w"), 0.0, [[0] * 4], [0.0], 0.0, 0.0, noise.keys(5, "w"), 1.0,
+                    dist="rademacher", rounding=False, restore=False, n_update=0, perturb=True, write_out=False)
+    assert torch.equal(x, noise.generate(5, "w", start, n, "rademacher"))
+
+
+def test_gaussian_close(nt):
+    n, start = 4096, 12345
+    x = torch.zeros(n)
+    nt.triton_sweep(x, None, start, noise.keys(9, "w"), 0.0, [[0] * 4], [0.0], 0.0, 0.0, noise.keys(9, "w"), 1.0,
+                    dist="gaussian", rounding=False, restore=False, n_update=0, perturb=True, write_out=False)
+    ref = noise.generate(9, "w", start, n, "gaussian")
+    torch.testing.assert_close(x, ref, rtol=1e-6, atol=1e-6)
+    assert 0.9 < ref.std() < 1.1
+
+
+def test_fused_restore_update_perturb_bf16_exact(nt):
+    """In-place bf16 shard with per-op rounding: restore + 2-direction update + perturb, bit for bit."""
+    x = torch.randn(2500).to(torch.bfloat16)
+    (a, _), (b, _) = run_both(nt, x, None, 300, dist="rademacher", restore=(11, -1e-3),
+                              update=([11, 12], [0.5, -0.25], 1e-2, 0.1), perturb=(13, 1e-3))
+    assert b.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_fused_sweep_fp32(nt, dist):
+    x = torch.randn(2500)
+    (a, _), (b, _) = run_both(nt, x, None, 0, dist=dist, restore=(3, -1e-3),
+                              update=([3], [2.0], 1e-3, 0.01), perturb=(4, 2e-3))
+    if dist == "rademacher":
+        assert torch.equal(a, b)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_master_mode_bf16_out(nt, dist):
+    """fp32 master x updated in place, bf16 parameter written as cast(x + b z)."""
+    x, out = torch.randn(2000), torch.zeros(2000, dtype=torch.bfloat16)
+    (xa, oa), (xb, ob) = run_both(nt, x, out, 4096, dist=dist, update=([21, 22], [1.0, 3.0], 1e-2, 0.0),
+                                  perturb=(23, -1e-3))
+    if dist == "rademacher":
+        assert torch.equal(xa, xb) and torch.equal(oa, ob)
+    torch.testing.assert_close(xa, xb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ob.float(), oa.float(), rtol=2 ** -8, atol=0)  # at most one bf16 ulp apart
+    # flush-style sweep: out <- cast(x), no noise; x untouched
+    (xa, oa), (xb, ob) = run_both(nt, x, out, 0, dist=dist)
+    assert torch.equal(oa, ob) and torch.equal(xb, x)
+
+
+def test_shards_compose(nt):
+    """Two shards with their own start give the slices of the unsharded sweep."""
+    x = torch.randn(3000).to(torch.bfloat16)
+    kw = dict(dist="rademacher", restore=(1, -1e-2), update=([2], [1.0], 1e-2, 0.1), perturb=(2, 1e-2))
+    (full, _), _ = run_both(nt, x, None, 0, **kw)
+    for lo, hi in [(0, 1100), (1100, 3000)]:
+        _, (part, _) = run_both(nt, x[lo:hi].clone(), None, lo, **kw)
+        assert torch.equal(part, full[lo:hi])
+
+
+@pytest.mark.parametrize("master", [False, True])
+def test_engine_drop_in(nt, master, monkeypatch):
+    """ZOEngine steps with triton_sweep in place of _sweep_kernel give the same bf16 parameters."""
+    def model():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+        return m.to(torch.bfloat16)
+
+    results = []
+    for kernel in (zo._sweep_kernel, nt.triton_sweep):
+        monkeypatch.setattr(zo, "_sweep_kernel", kernel)
+        m = model()
+        eng = zo.ZOEngine.from_model(m, dist="rademacher", backend="eager", master_weights=master)
+        inp = torch.randn(8, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        for step in range(3):
+            eng.step(lambda: m(inp).float().pow(2).mean().item(), [100 + 2 * step, 101 + 2 * step], 1e-2, 1e-3, 0.1)
+        eng.flush()
+        results.append([p.detach().clone() for p in m.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -115,7 +115,14 @@ def _compiled_kernel():
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> 'compile' (fused generated kernel: C++ on CPU, Triton on GPU), else as given."""
+    """'auto' -> 'triton' (hand-written kernel, mezo/noise_triton.py) on a CUDA device when
+    Triton is installed, else 'compile' (generated fused kernel: C++ on CPU), else as given."""
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        from mezo import noise_triton
+        if noise_triton.available():
+            return "triton"
+        if backend == "triton":
+            raise ValueError("--zo_backend triton needs the triton package and a CUDA device")
     if backend != "auto":
         return backend
     try:
@@ -130,7 +137,7 @@ class ZOEngine:
     """Perturbs and updates trainable parameters from seeds. See the module docstring."""
     slots: list[Slot]
     dist: str = "gaussian"
-    backend: str = "eager"       # "eager" | "compile"
+    backend: str = "eager"       # "eager" | "compile" | "triton"
     fused: bool = True
     master_weights: bool = False
     # what is currently applied to the parameters on top of theta: (seed, displacement)
@@ -159,6 +166,8 @@ class ZOEngine:
         """One pass over every slot. restore=(seed, coef); update=(seeds, coefs, lr, wd);
         perturb=(seed, coef): add coef*z in place, or (master mode) write theta + coef*z."""
         kernel = _compiled_kernel() if self.backend == "compile" else _sweep_kernel
+        if self.backend == "triton":
+            from mezo.noise_triton import triton_sweep as kernel
         if not self.slots:
             return
         dev = self.slots[0].local.device
@@ -247,6 +256,7 @@ class ZOEngine:
         """True when the parameters hold theta (no perturbation or update pending)."""
         return self._offset is None and self._pending is None
 
+    @torch.no_grad()  # forward passes only: no autograd graph, inference memory
     def step(self, loss_fn, seeds: list[int], lr: float, eps: float, wd: float) -> tuple[list[float], list[tuple[float, float]]]:
         """One MeZO step with len(seeds) directions (n-SPSA). loss_fn() must return the same
         float on every rank. Returns (projected gradients, (L+, L-) per direction)."""

@@ -1,0 +1,104 @@
+"""One MeZO step vs two plain forwards, on CPU, for OPT-like models with random weights.
+
+For each size, in one process and interleaved round by round (so machine noise hits every method
+alike), it times:
+
+  2 forwards   two forward passes + LM loss under inference_mode: the floor for any MeZO step
+  ours         mezo.zo.ZOEngine.step: fused sweeps (2 per step), counter-based z, compiled kernel
+  reference    the reference's step (bench/reference.py): 4 sweeps, torch.manual_seed + one
+               torch.normal per parameter per sweep
+
+and reports the median step time of each divided by the median of "2 forwards".
+
+    python bench/bench_step.py                          # 0.2M, 16M, 124M; batch 16 x 64
+    python bench/bench_step.py --sizes 16m --rounds 5
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.reference import reference_step, zo_loss  # noqa: E402
+from mezo import zo  # noqa: E402
+
+# OPT-like configs: hidden, layers, heads, ffn, vocab (124m is facebook/opt-125m's shape)
+SIZES = {"0.2m": (32, 2, 4, 128, 4096), "16m": (256, 4, 4, 1024, 50272), "124m": (768, 12, 12, 3072, 50272)}
+
+
+def build(size: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, OPTConfig
+    h, n, heads, ffn, vocab = SIZES[size]
+    cfg = OPTConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, ffn_dim=ffn, vocab_size=vocab,
+                    word_embed_proj_dim=h, max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench(size: str, args) -> dict:
+    model = build(size)
+    n_params = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(4, model.config.vocab_size, (args.batch_size, args.seq_len),
+                        generator=torch.Generator().manual_seed(0))
+    ref_model = copy.deepcopy(model)  # ours keeps an update pending between steps: separate weights
+    engine = zo.ZOEngine.from_model(model, backend=args.backend)
+    seeds = iter(range(1, 10 ** 9))
+    methods = {
+        "2 forwards": lambda: (zo_loss(model, ids).item(), zo_loss(model, ids).item()),
+        "ours": lambda: engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0),
+        "reference": lambda: reference_step(ref_model, ids, next(seeds)),
+    }
+    for fn in methods.values():  # warm-up: kernel compilation, allocator
+        for _ in range(args.warmup):
+            fn()
+    times = {m: [] for m in methods}
+    for _ in range(args.rounds):
+        for m, fn in methods.items():
+            times[m].append(timed(fn))
+    med = {m: statistics.median(t) for m, t in times.items()}
+    row = {"size": size, "params": n_params, "backend": engine.backend,
+           **{f"{m} s": med[m] for m in methods},
+           "ours / 2 fwd": med["ours"] / med["2 forwards"], "reference / 2 fwd": med["reference"] / med["2 forwards"]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--batch_size", type=int, default=16)
+    ap.add_argument("--seq_len", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    ap.add_argument("--output", default=None, help="also write the rows as JSON here")
+    args = ap.parse_args()
+    rows = [bench(s, args) for s in args.sizes]
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"batch {args.batch_size} x {args.seq_len}, median of {args.rounds} interleaved rounds\n")
+    print("| model | params | 2 forwards (s) | ours (s) | reference (s) | ours / 2 fwd | reference / 2 fwd |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| OPT-like {r['size']} | {r['params'] / 1e6:.1f}M | {r['2 forwards s']:.4f} | {r['ours s']:.4f} | "
+              f"{r['reference s']:.4f} | {r['ours / 2 fwd']:.2f}x | {r['reference / 2 fwd']:.2f}x |")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

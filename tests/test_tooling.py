@@ -1,0 +1,394 @@
+"""Experiment tooling: presets, the paper's grids, SLURM scripts, and result analysis (CPU, offline)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mezo.experiments import grids, presets, report, slurm  # noqa: E402
+from mezo.experiments.command import SCRIPT  # noqa: E402
+
+REQUIRED_PRESETS = ["quick_test", "roberta_sst2_reproduction", "roberta_grid_search", "opt13b_sst2_mezo_ft",
+                    "opt13b_sst2_mezo_prefix", "opt13b_sst2_mezo_lora", "opt13b_icl_sst2", "opt13b_zero_shot_sst2"]
+
+
+# ---------------------------------------------------------------- grids
+def _count(family, **kw):
+    return len(grids.expand(family, **kw))
+
+
+def test_roberta_grid_sizes_match_table_15():
+    # 6 tasks x k {16, 512} x 5 seeds x 3 learning rates
+    assert _count("roberta", grid_search=True) == 6 * 2 * 5 * 3 == 180
+    assert _count("roberta", grid_search=True, modes=["mezo", "mezo_prefix", "mezo_lora"]) == 540
+    # FT: 3 lrs x 3 batch sizes (k-dependent), FT prefix 3 x 3, FT LoRA 3 x 3
+    assert _count("roberta", grid_search=True, modes=["ft", "ft_prefix", "ft_lora"]) == 6 * 2 * 5 * 27
+    assert _count("roberta") == 60  # single README lr per (task, k, seed)
+    runs = grids.expand("roberta", grid_search=True, tasks=["SST-2"], ks=[16], seeds=[42])
+    assert sorted(float(r.args["learning_rate"]) for r in runs) == [1e-7, 1e-6, 1e-5]
+    assert {r.args["batch_size"] for r in runs} == {64} and {r.args["zo_eps"] for r in runs} == {"1e-3"}
+    lora = grids.expand("roberta", grid_search=True, modes=["mezo_lora"], tasks=["RTE"], ks=[512], seeds=[13])
+    assert {r.args["weight_decay"] for r in lora} == {0.1}
+    ft = grids.expand("roberta", grid_search=True, modes=["ft"], tasks=["RTE"], ks=[16], seeds=[13])
+    assert {r.args["batch_size"] for r in ft} == {2, 4, 8}
+
+
+def test_opt_grid_sizes_match_table_16():
+    # 9 tasks x 3 modes x 2 lrs + SQuAD/DROP x 3 modes x 3 lrs
+    assert _count("opt", grid_search=True) == 9 * 3 * 2 + 2 * 3 * 3 == 72
+    assert _count("opt") == 11 * 3
+    assert _count("opt", grid_search=True, modes=["ft"]) == 11 * 3
+    squad = grids.expand("opt", grid_search=True, tasks=["SQuAD"], modes=["mezo_prefix"])
+    assert [r.args["learning_rate"] for r in squad] == ["5e-2", "1e-2", "5e-3"]
+    lora = grids.expand("opt", grid_search=True, tasks=["SST2"], modes=["mezo_lora"])
+    assert [r.rel_dir for r in lora] == [os.path.join("opt", "SST2", "mezo_lora", "lr1e-4_eps1e-2_seed0"),
+                                         os.path.join("opt", "SST2", "mezo_lora", "lr5e-5_eps1e-2_seed0")]
+    assert all(r.args["max_steps"] == 20000 and r.args["eval_steps"] == 4000 for r in lora)
+    cb = grids.expand("opt", tasks=["CB"], modes=["mezo"])[0]
+    assert cb.args["num_dev"] == 100 and cb.args["batch_size"] == 16
+
+
+def test_run_folders_are_unique_and_readable():
+    for family in ("opt", "roberta"):
+        runs = grids.expand(family, grid_search=True, modes=list(grids.OPT_GRID if family == "opt" else grids.ROBERTA_GRID))
+        dirs = [r.rel_dir for r in runs]
+        assert len(dirs) == len(set(dirs))
+    r = grids.expand("roberta", tasks=["SST-2"], ks=[16], seeds=[42])[0]
+    assert r.rel_dir == os.path.join("roberta", "SST-2", "k16", "mezo", "lr1e-6_eps1e-3_seed42")
+
+
+def test_grid_script_dry_run_lists_runs_and_count():
+    out = subprocess.run([sys.executable, "run_mezo_paper_experiments.py", "--model_family", "opt", "--grid_search",
+                          "--output_dir", "x", "--dry_run"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("72 runs")
+    assert "opt-SST2-mezo_lora-lr1e-4_eps1e-2_seed0" in out.stdout
+
+
+def test_local_runner_skips_completed(tmp_path):
+    from mezo.experiments import runner
+    args = {"output_dir": str(tmp_path / "done")}
+    os.makedirs(args["output_dir"])
+    (tmp_path / "done" / "training_metrics.json").write_text(json.dumps({"status": "completed"}))
+    assert runner.run_all([("done", args)], log=lambda *_: None) == {"completed": 0, "skipped": 1, "failed": 0}
+
+
+# ---------------------------------------------------------------- SLURM
+def test_sbatch_scripts_are_valid_bash_with_resources(tmp_path):
+    out = tmp_path / "out"
+    rc = subprocess.run([sys.executable, "run_mezo_paper_experiments.py", "--model_family", "opt", "--tasks", "SST2",
+                         "--modes", "mezo_lora", "--grid_search", "--output_dir", str(out), "--create_slurm",
+                         "--slurm_partition", "gpuq", "--slurm_gpus", "4", "--slurm_nodes", "2",
+                         "--slurm_time", "12:00:00", "--slurm_account", "proj"], cwd=ROOT, capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr
+    sdir = out / "slurm_opt"
+    scripts = sorted(p for p in os.listdir(sdir) if p.endswith(".sbatch"))
+    assert len(scripts) == 2
+    for name in scripts + ["submit_all.sh"]:
+        check = subprocess.run(["bash", "-n", str(sdir / name)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    text = (sdir / scripts[0]).read_text()
+    for line in ["#SBATCH --partition=gpuq", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --time=12:00:00", "#SBATCH --account=proj", "#SBATCH --requeue",
+                 "#SBATCH --signal=USR1@120", "--rdzv_backend c10d", "--nproc_per_node 4", "srun "]:
+        assert line in text, line
+    assert "torchrun" in text and SCRIPT in text
+    assert "scontrol requeue" in text and "--resume_from_checkpoint auto" in text  # preemption: requeue, resume
+    assert str(out / "opt" / "SST2" / "mezo_lora" / "lr1e-4_eps1e-2_seed0") in text
+    submit = (sdir / "submit_all.sh").read_text()
+    assert submit.count("sbatch ") == 2
+
+
+def test_sbatch_single_node_without_account(tmp_path):
+    opts = slurm.SlurmOptions(partition="p", gpus=1)
+    text = slurm.sbatch_script("r", {"output_dir": str(tmp_path), "task_name": "SST2"}, opts, ROOT)
+    assert "--account" not in text and "#SBATCH --nodes=1" in text
+
+
+# ---------------------------------------------------------------- presets
+def test_required_presets_exist_and_describe_their_source():
+    names = presets.preset_names()
+    for name in REQUIRED_PRESETS + [f"opt13b_{t.lower()}_mezo" for t in grids.OPT_TASKS]:
+        assert name in names, name
+    for name in names:
+        p = presets.load(name)
+        assert p.description and "\n" not in p.description, name
+        assert p.source, name
+
+
+def test_opt_task_presets_match_the_grid_defaults():
+    for task in grids.OPT_TASKS:
+        p = presets.load(f"opt13b_{task.lower()}_mezo")
+        want = grids.expand("opt", tasks=[task], modes=["mezo"])[0].args
+        assert {k: str(v) for k, v in p.args.items() if k != "output_dir"} == {k: str(v) for k, v in want.items()}
+
+
+def test_paper_values_in_presets():
+    lora, prefix = presets.load("opt13b_sst2_mezo_lora").args, presets.load("opt13b_sst2_mezo_prefix").args
+    assert (lora["learning_rate"], lora["zo_eps"], lora["batch_size"]) == ("5e-5", "1e-2", 16)
+    assert (prefix["learning_rate"], prefix["zo_eps"], prefix["num_prefix"]) == ("1e-3", "1e-1", 5)
+    rob = presets.load("roberta_sst2_reproduction").args
+    assert (rob["batch_size"], rob["max_steps"], rob["learning_rate"]) == (64, 100000, "1e-6")
+    quick = presets.load("quick_test").args
+    assert "model_name" not in quick and "data_dir" not in quick  # the offline defaults: SmolLM2 + bundled SST-2
+
+
+def test_launcher_dry_run_override_and_torchrun():
+    out = subprocess.run([sys.executable, "launch_experiment.py", "--config", "opt13b_sst2_mezo_lora", "--dry_run",
+                          "--override", "learning_rate=1e-4", "--override", "max_steps=10", "--nproc", "2"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    cmd = shlex.split(out.stdout.strip().splitlines()[-1])
+    assert cmd[:4] == ["torchrun", "--nproc_per_node", "2", SCRIPT]
+    assert cmd[cmd.index("--learning_rate") + 1] == "1e-4" and cmd[cmd.index("--max_steps") + 1] == "10"
+    listing = subprocess.run([sys.executable, "launch_experiment.py", "--list"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    assert all(n in listing for n in REQUIRED_PRESETS)
+
+
+def _training_commands():
+    """(label, argv after the script) for every preset; grid presets contribute their first runs."""
+    out = []
+    for name in presets.preset_names():
+        p = presets.load(name)
+        if p.script == SCRIPT:
+            cmd = p.command()
+            out.append((name, cmd[cmd.index(SCRIPT) + 1:]))
+        else:
+            family = p.args["model_family"]
+            for run in grids.expand(family, grid_search=bool(p.args.get("grid_search")))[:3]:
+                from mezo.experiments.command import flag_args
+                out.append((f"{name}:{run.name}", flag_args(grids.with_output(run, "x"))))
+    for family in ("opt", "roberta"):  # every mode of both grids
+        modes = list(grids.OPT_GRID if family == "opt" else grids.ROBERTA_GRID)
+        for run in grids.expand(family, modes=modes, tasks=None, seeds=None)[: len(modes) * 2]:
+            from mezo.experiments.command import flag_args
+            out.append((run.name, flag_args(grids.with_output(run, "x"))))
+    return out
+
+
+def test_every_preset_dry_run_parses_with_the_training_parser():
+    try:
+        from mezo.config import build_parser
+    except ImportError:
+        pytest.skip("mezo.config.build_parser is not there yet")
+    parser = build_parser()
+    rejected = []
+    for label, argv in _training_commands():
+        try:
+            _, unknown = parser.parse_known_args(argv)
+        except SystemExit:
+            unknown = ["(invalid value)"]
+        if unknown:
+            rejected.append(f"{label}: {' '.join(unknown)}")
+    assert not rejected, "the training parser rejects:\n" + "\n".join(rejected)
+
+
+# ---------------------------------------------------------------- analysis on a synthetic results tree
+def _write(path, obj, truncate=False):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = json.dumps(obj)
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2] if truncate else text)
+
+
+def _run(root, rel, *, task, mode, model, args, dev, test, status="completed", steps=20, memory=True,
+         truncate=False, step_time=0.5):
+    d = os.path.join(root, rel)
+    full_args = {"task_name": task, "model_name": model, **args}
+    _write(os.path.join(d, "run_config.json"), full_args)
+    _write(os.path.join(d, "experiment_config.json"), {
+        "args": full_args, "task": task, "model_name": model, "mode": mode, "versions": {"torch": "2.x"},
+        "world_size": 1, "device": "cpu", "dtype": "fp32", "num_params": 1000, "num_trainable_params": 1000})
+    metric = "f1" if task in ("SQuAD", "DROP") else "accuracy"
+    met = {"status": status,
+           "steps": [{"step": i + 1, "loss": 1.0 - 0.01 * i, "loss_plus": 1.0, "loss_minus": 0.99,
+                      "projected_grad": 0.1, "lr": 1e-6, "step_time_s": step_time} for i in range(steps)],
+           "evals": [{"step": steps, "dev": {metric: dev}, "test": {metric: test}}],
+           "zero_shot": None, "final": {"dev": {metric: dev}, "test": {metric: test}, "best_dev_step": steps}
+           if status == "completed" else None, "total_time_s": steps * step_time, "mean_step_time_s": step_time}
+    _write(os.path.join(d, "training_metrics.json"), met, truncate=truncate)
+    if memory:
+        _write(os.path.join(d, "memory_log.json"), {
+            "device": "cpu", "interval_s": 10,
+            "samples": [{"t_s": 10 * i, "rss_bytes": (1 + i) * 2**28, "allocated_bytes": None,
+                         "reserved_bytes": None, "gpu_used_mib": None} for i in range(4)],
+            "peak": {"rss_bytes": 4 * 2**28, "allocated_bytes": None, "reserved_bytes": None, "gpu_used_mib": None}})
+
+
+@pytest.fixture()
+def synthetic_results(tmp_path):
+    root = str(tmp_path / "results")
+    # RoBERTa SST-2 k=16: two lrs x 2 seeds; lr 1e-6 has the better mean dev
+    for lr, devs, tests in [("1e-6", (0.9, 0.92), (0.90, 0.91)), ("1e-7", (0.8, 0.81), (0.95, 0.96))]:
+        for seed, dev, test in zip((13, 21), devs, tests):
+            _run(root, f"roberta/SST-2/k16/mezo/lr{lr}_eps1e-3_seed{seed}", task="SST-2", mode="mezo",
+                 model="roberta-large", dev=dev, test=test,
+                 args={"model_family": "roberta", "k": 16, "data_seed": seed, "learning_rate": lr, "zo_eps": "1e-3",
+                       "batch_size": 64, "trainer": "mezo"})
+    # OPT-13B SST2 MeZO-LoRA (two lrs), SQuAD prefix, and zero-shot
+    for lr, dev, test in [("1e-4", 0.88, 0.89), ("5e-5", 0.90, 0.87)]:
+        _run(root, f"opt/SST2/mezo_lora/lr{lr}_eps1e-2_seed0", task="SST2", mode="mezo_lora", model="facebook/opt-13b",
+             dev=dev, test=test, args={"model_family": "opt", "train_set_seed": 0, "learning_rate": lr,
+                                       "zo_eps": "1e-2", "batch_size": 16, "use_lora": True, "trainer": "mezo"},
+             step_time=2.5)
+    _run(root, "opt/SQuAD/mezo_prefix/lr1e-2_eps1e-1_seed0", task="SQuAD", mode="mezo_prefix",
+         model="facebook/opt-13b", dev=0.8, test=0.82, args={"model_family": "opt", "learning_rate": "1e-2",
+                                                             "zo_eps": "1e-1", "batch_size": 16})
+    # a small causal LM (goes to table 20), killed mid-run with truncated JSON
+    _run(root, "small/SST2/mezo/lr1e-6_eps1e-3_seed0", task="SST2", mode="mezo", model="HuggingFaceTB/SmolLM2-135M",
+         dev=0.6, test=0.61, args={"learning_rate": "1e-6", "zo_eps": "1e-3", "batch_size": 4})
+    _run(root, "small/SST2/mezo/killed", task="SST2", mode="mezo", model="HuggingFaceTB/SmolLM2-135M",
+         dev=0.5, test=0.5, status="running", truncate=True, args={"batch_size": 4})
+    # garbage: a folder with only a corrupt config
+    os.makedirs(os.path.join(root, "broken"))
+    with open(os.path.join(root, "broken", "experiment_config.json"), "w") as f:
+        f.write("{not json")
+    return root
+
+
+def test_analysis_writes_tables_report_and_pngs(synthetic_results, tmp_path):
+    out = str(tmp_path / "analysis")
+    rc = subprocess.run([sys.executable, "analyze_mezo_results.py", "--results_dir", synthetic_results,
+                         "--output_dir", out, "--create_plots"], cwd=ROOT, capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr
+    for name in ["table_18_roberta_results.csv", "table_1_opt13b_results.csv", "table_20_opt_results.csv",
+                 "table_22_memory_analysis.csv", "table_23_wallclock.csv", "all_results.csv",
+                 "mezo_reproduction_report.md"]:
+        assert os.path.exists(os.path.join(out, name)), name
+
+    t18 = pd.read_csv(os.path.join(out, "table_18_roberta_results.csv"))
+    assert len(t18) == 1
+    row = t18.iloc[0]
+    assert (row["task"], row["k"], row["method"], row["n_seeds"], row["n_configs"]) == ("SST-2", 16, "MeZO", 2, 2)
+    assert "lr1e-6" in row["best_config"]                      # best mean dev, not best test
+    assert row["test_mean"] == pytest.approx(90.5) and row["test_std"] == pytest.approx(0.5)
+    assert row["paper_mean"] == pytest.approx(90.5) and row["paper_std"] == pytest.approx(1.2)
+    assert row["diff"] == pytest.approx(0.0)
+
+    t1 = pd.read_csv(os.path.join(out, "table_1_opt13b_results.csv"))
+    assert sorted(zip(t1["task"], t1["method"])) == [("SQuAD", "MeZO (prefix)"), ("SST2", "MeZO (LoRA)")]
+    lora = t1[t1["method"] == "MeZO (LoRA)"].iloc[0]
+    assert lora["test_mean"] == pytest.approx(87.0) and lora["paper_mean"] == pytest.approx(89.6)
+    assert lora["diff"] == pytest.approx(-2.6)
+    squad = t1[t1["task"] == "SQuAD"].iloc[0]
+    assert squad["metric"] == "f1" and squad["paper_mean"] == pytest.approx(84.2)
+
+    t20 = pd.read_csv(os.path.join(out, "table_20_opt_results.csv"))
+    assert list(t20["model"]) == ["HuggingFaceTB/SmolLM2-135M"] and pd.isna(t20["paper_mean"].iloc[0])
+
+    allr = pd.read_csv(os.path.join(out, "all_results.csv"))
+    assert len(allr) == 10
+    killed = allr[allr["run_dir"].str.endswith("killed")].iloc[0]
+    assert killed["status"] == "missing" and "corrupt" in killed["problems"]
+    assert "corrupt" in allr[allr["run_dir"] == "broken"].iloc[0]["problems"]
+
+    mem = pd.read_csv(os.path.join(out, "table_22_memory_analysis.csv"))
+    assert len(mem) >= 4 and (mem["peak_rss_gib"] == 1.0).all()
+    assert mem[mem["model_size"] == "350M"]["n_runs"].iloc[0] == 4
+    wall = pd.read_csv(os.path.join(out, "table_23_wallclock.csv"))
+    w13 = wall[(wall["model_size"] == "13B") & (wall["method"] == "MeZO (LoRA)")].iloc[0]
+    assert w13["paper_step_time_s"] == pytest.approx(2.702) and w13["mean_step_time_s"] == pytest.approx(2.5)
+
+    md = open(os.path.join(out, "mezo_reproduction_report.md")).read()
+    assert "Table 1" in md and "Table 18" in md and "90.5 (0.5) / 90.5 (+0.0)" in md
+    assert "killed" in md and "broken" in md
+
+    pngs = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(out, "plots")) for f in fs]
+    assert len([p for p in pngs if "loss" in p]) == 8    # every run whose steps could be read
+    assert any(p.endswith("memory_over_time.png") for p in pngs)
+    assert any(p.endswith("peak_memory_by_method.png") for p in pngs)
+    for p in pngs:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", p
+
+
+def test_analysis_of_empty_or_missing_folder(tmp_path):
+    res = report.write_all(str(tmp_path / "nothing"), str(tmp_path / "a"), create_plots=True)
+    assert res["n_runs"] == 0
+    assert os.path.exists(res["report"]) and os.path.exists(res["1"])
+
+
+def test_paper_numbers_file_rows():
+    from mezo.experiments.analysis import paper_results
+    p = paper_results()
+    t1 = p[p["table"] == "1"]
+    assert len(t1) == 7 * 11 and set(t1["method"]) == {"Zero-shot", "ICL", "LP", "MeZO", "MeZO (LoRA)",
+                                                         "MeZO (prefix)", "FT"}
+    assert t1[(t1["method"] == "MeZO") & (t1["task"] == "SST2")]["value"].iloc[0] == 91.4
+    t18 = p[p["table"] == "18"]
+    assert len(t18) == 6 + 2 * 8 * 6
+    k512 = t18[(t18["k"] == 512) & (t18["method"] == "MeZO") & (t18["task"] == "TREC")].iloc[0]
+    assert (k512["value"], k512["std"]) == (94.3, 1.3)
+
+
+# ---------------------------------------------------------------- environment checks
+def test_envcheck_mezo_step_fsdp2_and_dataset(tmp_path):
+    from mezo.experiments import envcheck
+    assert envcheck.mezo_step_exactness()[0] == "PASS"
+    assert envcheck.fsdp2()[0] == "PASS"
+    assert envcheck.dataset(str(tmp_path), "SST2")[0] == "FAIL"
+    os.makedirs(tmp_path / "glue" / "sst2")
+    for split in ("train", "validation"):
+        (tmp_path / "glue" / "sst2" / f"{split}.jsonl").write_text('{"sentence": "a", "label": 1, "idx": 0}\n')
+    assert envcheck.dataset(str(tmp_path), "SST2")[0] == "PASS"
+
+
+# ---------------------------------------------------------------- analysis of real runs
+def test_analysis_of_real_quick_test_runs(tmp_path):
+    """Two real `launch_experiment.py --config quick_test` runs (seeds 0 and 1, a tiny model in place
+    of SmolLM2 to keep CI fast) and a third one SIGKILLed after its first logged step: the
+    analysis reports all three, the killed one as unfinished, and draws real PNGs."""
+    import signal
+    import time
+    from helpers import build_model
+    model = build_model(str(tmp_path / "tiny"))
+    results = tmp_path / "results"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+    def launch(seed, **over):
+        over = {"model_name": model, "seed": seed, "output_dir": str(results / f"quick_seed{seed}"), **over}
+        cmd = [sys.executable, "launch_experiment.py", "--config", "quick_test"]
+        for k, v in over.items():
+            cmd += ["--override", f"{k}={v}"]
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    for seed in (0, 1):
+        p = launch(seed)
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        assert "final test accuracy" in out
+    killed = launch(2, max_steps=100000, log_steps=1, eval_steps=100000)
+    metrics = results / "quick_seed2" / "training_metrics.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and json.loads(metrics.read_text()).get("steps"):
+            break
+        time.sleep(0.5)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert json.loads(metrics.read_text())["status"] == "running"  # a kill leaves valid JSON behind
+
+    out = tmp_path / "analysis"
+    r = subprocess.run([sys.executable, "analyze_mezo_results.py", "--results_dir", str(results), "--output_dir",
+                        str(out), "--create_plots"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    allr = pd.read_csv(out / "all_results.csv").set_index("run_dir")
+    assert set(allr.index) == {"quick_seed0", "quick_seed1", "quick_seed2"}
+    assert (allr.loc[["quick_seed0", "quick_seed1"], "status"] == "completed").all()
+    assert allr.loc["quick_seed2", "status"] == "running"
+    for run in ("quick_seed0", "quick_seed1"):
+        final = json.loads((results / run / "training_metrics.json").read_text())["final"]["test"]["accuracy"]
+        assert allr.loc[run, "test"] == pytest.approx(100 * final) or allr.loc[run, "test"] == pytest.approx(final)
+    md = (out / "mezo_reproduction_report.md").read_text()
+    assert "quick_seed2" in md
+    pngs = [p for p in (out / "plots").rglob("*.png")]
+    assert len([p for p in pngs if "loss" in p.name or "loss" in str(p.parent)]) >= 3
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

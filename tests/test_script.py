@@ -91,3 +91,25 @@ def test_fsdp2_two_processes_match_one_process(tiny, tmp_path):
     # (per-rank sums of 4 examples vs one sum of 8), a thousand times below the movement
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-3 * moved)
+
+
+def test_accelerate_launch_runs_two_ranks(tiny, tmp_path):
+    """`accelerate launch --multi_gpu` is torchrun underneath: on CPU it gives 2 gloo ranks, and the
+    run follows the same trajectory as plain torchrun (same seeds and losses)."""
+    import subprocess
+    import sys
+    from helpers import ROOT
+    out = tmp_path / "acc"
+    args = ["--model_name", tiny, "--max_steps", "2", "--eval_steps", "2", "--no_initial_eval", *FAST]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--main_process_port", str(29700 + os.getpid() % 200), os.path.join(ROOT, "accelerate_mezo.py"),
+                        *args, "--output_dir", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.load(open(out / "experiment_config.json"))["world_size"] == 2
+    ref = run_script([*args, "--output_dir", str(tmp_path / "torchrun")], nproc=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a = json.load(open(out / "training_metrics.json"))["steps"]
+    b = json.load(open(tmp_path / "torchrun" / "training_metrics.json"))["steps"]
+    assert [s["seeds"] for s in a] == [s["seeds"] for s in b]
+    assert [s["loss_plus"] for s in a] == pytest.approx([s["loss_plus"] for s in b], abs=1e-6)

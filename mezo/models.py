@@ -33,13 +33,15 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.exists(name)
 
 
-def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.device):
-    """(model, tokenizer) with AutoModelForCausalLM / AutoTokenizer.from_pretrained."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.device, family: str = "causal"):
+    """(model, tokenizer) with AutoModelForCausalLM (family "mlm": AutoModelForMaskedLM) /
+    AutoTokenizer.from_pretrained."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
     path, gguf = resolve(model_name, gguf_file)
     kw = {"gguf_file": gguf} if gguf else {}
     tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    auto = AutoModelForMaskedLM if family == "mlm" else AutoModelForCausalLM
+    model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kw)
     model.to(device).eval()
     model.requires_grad_(True)
     return model, tok
@@ -48,7 +50,14 @@ def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.devic
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks (the classes named in _no_split_modules, else the longest ModuleList)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    # a block holding a tied parameter (RoBERTa's embeddings, tied to its MLM decoder) stays with
+    # the root: FSDP2 needs every module sharing a parameter in one group
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    tied = {i for i, n in seen.items() if n > 1}
+    blocks = [m for m in model.modules() if type(m).__name__ in names
+              and not any(id(p) in tied for p in m.parameters())]
     if blocks:
         return blocks
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
@@ -76,13 +85,36 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def tied_aliases(model: nn.Module) -> list[str]:
+    """Parameter names that alias an earlier-registered parameter (tied weights, e.g.
+    lm_head.weight = model.embed_tokens.weight). FSDP2 keeps such a parameter shared."""
+    first: dict[int, str] = {}
+    out = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out.append(name)
+        else:
+            first[id(p)] = name
+    return out
+
+
 def save_full(model: nn.Module, tokenizer, out_dir: str, main: bool) -> None:
-    """Gather the full (unsharded) weights and save_pretrained them as safetensors on rank 0."""
+    """Gather the full (unsharded) weights and save_pretrained them as safetensors on rank 0.
+    One format on any number of ranks: tied aliases are left out (from_pretrained re-ties them),
+    as save_pretrained does on one process, where the aliases share storage; gathered under
+    FSDP2 they would be separate copies and saved twice."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     if torch.distributed.is_initialized():
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if main:
-        model.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
+    for name in tied_aliases(model):
+        sd.pop(name, None)
+    if main:  # into a temp folder, renamed when complete: a kill never leaves half-written JSON
+        import shutil
+        tmp = out_dir.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.rename(tmp, out_dir)

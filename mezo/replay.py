@@ -1,0 +1,85 @@
+"""Rebuild fine-tuned weights from the base model and a trajectory, without forward passes.
+
+    python -m mezo.replay --base MODEL --trajectory out/trajectory.jsonl --output out/replayed \
+        [--gguf_file F] [--dtype fp32|bf16|fp16] [--steps K] [--allow_truncated]
+
+The result (save_pretrained, safetensors) is bit-identical to what training saved with
+--save_model, on any number of training ranks: replay runs the same ZOEngine sweeps with the
+same floating-point operations (see mezo.trajectory.replay). Settings (dtype, master weights,
+distribution, kernel backend) come from the trajectory header; overriding --dtype replays
+with other rounding, so the result is then no longer bit-identical.
+Exit codes: 0 done, 2 bad input (one line naming the flag / file).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+PROG = "python -m mezo.replay"
+
+
+def _fail(msg: str):
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None) -> int:
+    from mezo import models
+    from mezo import trajectory as T
+    from mezo.checkpoint import check_writable
+
+    class P(argparse.ArgumentParser):
+        def error(self, message):
+            _fail(message)
+
+    p = P(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--base", required=True, help="base model: hub id or local folder (as --model_name in training)")
+    p.add_argument("--trajectory", required=True, help="trajectory.jsonl or its compact .bin form")
+    p.add_argument("--output", required=True, help="folder for the rebuilt model (save_pretrained)")
+    p.add_argument("--gguf_file", default=None)
+    p.add_argument("--dtype", choices=sorted(models.DTYPES), default=None, help="default: the trajectory's")
+    p.add_argument("--zo_backend", choices=["eager", "compile"], default=None, help="default: the trajectory's")
+    p.add_argument("--steps", type=int, default=None, help="replay only the first K steps")
+    p.add_argument("--allow_truncated", action="store_true",
+                   help="replay the complete lines of a trajectory whose last line was cut off")
+    a = p.parse_args(argv)
+
+    if models.looks_local(a.base) and not os.path.exists(os.path.expanduser(a.base)):
+        _fail(f"--base {a.base}: no such file or directory")
+    if not os.path.isfile(a.trajectory):
+        _fail(f"--trajectory {a.trajectory}: no such file")
+    try:
+        header, entries, _, truncated = T.read(a.trajectory, allow_truncated=a.allow_truncated)
+    except (OSError, T.TrajectoryError) as e:
+        _fail(f"--trajectory {e}" + (" (--allow_truncated replays the complete lines)" if "truncated" in str(e) else ""))
+    if header.get("start_step", 0):
+        _fail(f"--trajectory {a.trajectory}: starts at step {header['start_step']}, not at the base model")
+    if a.steps is not None:
+        if not 0 <= a.steps <= len(entries):
+            _fail(f"--steps {a.steps}: the trajectory has {len(entries)} steps")
+        entries = entries[:a.steps]
+    check_writable("--output", os.path.dirname(os.path.abspath(a.output)) or ".")
+    dtype = a.dtype or header["dtype"]
+    if dtype != header["dtype"]:
+        print(f"{PROG}: warning: training ran in {header['dtype']}, replaying in {dtype}: not bit-identical",
+              file=sys.stderr)
+
+    import torch
+
+    from mezo.zo import ZOEngine
+    torch.set_grad_enabled(False)
+    t0 = time.time()
+    model, tok = models.load(a.base, a.gguf_file, dtype, torch.device("cpu"))
+    engine = ZOEngine.from_model(model, dist=header["zo_dist"], backend=a.zo_backend or header.get("zo_backend", "eager"),
+                                 fused=header.get("fused", True), master_weights=header["master_weights"])
+    T.replay(engine, entries)
+    models.save_full(model, tok, a.output, True)
+    print(f"replayed {len(entries)} steps ({sum(e.skipped for e in entries)} skipped) onto {a.base} in "
+          f"{time.time() - t0:.1f}s -> {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,6 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip install --disable-pip-version-check -q"
-$PIP --upgrade pip
 # torch first, pinned: the project's own requirement would otherwise pull whatever build the
 # resolver likes (a multi-GB CUDA build on a CPU box).
 $PIP "torch==$TORCH_VERSION"

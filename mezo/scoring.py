@@ -1,42 +1,112 @@
-"""Candidate scoring for causal LMs: the training loss and the evaluation both come from here.
+"""Scoring for causal and masked LMs: the training losses and the evaluation all come from here.
 
-A sample's score for candidate c is the mean log-likelihood of c's tokens after the prompt
-(the reference's option scoring). The training loss is the cross-entropy over those scores
-(the reference's --train_as_classification). Batches are left-padded so every sequence ends
-at the same position and only the last few positions go through the LM head
-(`logits_to_keep`). When every candidate is one token, the candidates need no forward of their
-own: one forward of the prompts gives all of their log-likelihoods.
+Causal LMs. A sample's score for candidate c is the mean log-likelihood of c's tokens after the
+prompt (the reference's option scoring). The "classification" loss is the cross-entropy over
+those scores (the reference's --train_as_classification); the "lm" loss is the teacher-forced
+token cross-entropy of the gold continuation only (the reference's default, only_train_option),
+averaged over the gold tokens of the batch. Batches are left-padded so every sequence ends at
+the same position and only the last few positions go through the LM head (`logits_to_keep`);
+all candidates of a batch go through one forward. When every candidate is one token, the
+candidates need no forward of their own: one forward of the prompts gives all of them.
+Generation (SQuAD, DROP) is greedy decoding with a KV cache over a left-padded batch, stopping
+at a newline (or EOS) after at most max_new_tokens.
+
+Masked LMs (RoBERTa, LM-BFF prompts). The score of a label word is its logit at the <mask>
+position; the loss is the cross-entropy over the label-word logits, the prediction the argmax.
+Only the mask positions go through the MLM head.
+
+`loss_terms` returns (sum, count) so that the loop can average over micro-batches and ranks
+with one all-reduce: (summed CE, samples) for "classification", (summed token NLL, gold tokens)
+for "lm", (minus the summed metric, samples) for --non_diff.
 """
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mezo.tasks import Sample
+from mezo import metrics as M
+from mezo.tasks import MASK, Sample
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]          # prompt ids (causal: left-truncated; mlm: with <s> ... </s>)
+    cands: list[list[int]]     # candidate ids (mlm: one label-word id each)
+    gold: list[int] | None     # teacher-forced gold continuation ids (causal "lm" loss), if any
+    mask_pos: int | None = None  # mlm: index of the mask token in prompt
 
 
 class Encoder:
-    """Tokenises samples once: prompt ids (left-truncated to max_length) and candidate ids."""
+    """Tokenises samples once: prompt ids and candidate ids (cached per Sample object).
 
-    def __init__(self, tokenizer, max_length: int = 2048):
+    OPT: the reference (MeZO large_models/run.py) sets `tokenizer.bos_token_id = 0` for OPT
+    ("HF tokenizer bug fix"), so its prompts start with id 0 ("<s>") where the Hugging Face OPT
+    tokenizer puts id 2 ("</s>"). With model_type="opt" we replace a leading 2 by 0 to match.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 2048, model_type: str | None = None, family: str = "causal",
+                 max_new_tokens: int = 50):
         self.tok = tokenizer
         self.max_length = max_length
+        self.family = family            # "causal" | "mlm"
+        self.max_new_tokens = max_new_tokens
+        self.first_token = 0 if model_type == "opt" else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        self._cache: dict[int, tuple[list[int], list[list[int]]]] = {}
+        self._cache: dict[int, tuple[Sample, Encoded]] = {}
+        self._stop = None
+
+    def encode(self, s: Sample) -> Encoded:
+        key = id(s)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is s:
+            return hit[1]
+        e = self._encode_mlm(s) if self.family == "mlm" else self._encode_causal(s)
+        self._cache[key] = (s, e)   # the Sample is kept so its id is not reused while cached
+        return e
 
     def __call__(self, s: Sample) -> tuple[list[int], list[list[int]]]:
-        key = id(s)
-        if key not in self._cache:
-            prompt = self.tok(s.prompt).input_ids
-            cands = [self.tok(c, add_special_tokens=False).input_ids for c in s.candidates]
-            longest = max((len(c) for c in cands), default=0)
-            budget = self.max_length - longest
-            if len(prompt) > budget:  # keep the end of the prompt (and its first, special, token)
-                prompt = prompt[:1] + prompt[len(prompt) - budget + 1:]
-            self._cache[key] = (prompt, cands)
-        return self._cache[key]
+        e = self.encode(s)
+        return e.prompt, e.cands
+
+    def _encode_causal(self, s: Sample) -> Encoded:
+        prompt = self.tok(s.prompt).input_ids
+        if self.first_token is not None and prompt and prompt[0] == self.tok.bos_token_id:
+            prompt = [self.first_token] + prompt[1:]
+        cands = [self.tok(c, add_special_tokens=False).input_ids for c in s.candidates]
+        gold = None
+        if s.target is not None or (s.label is not None and s.candidates):
+            gold = self.tok(s.gold_text(), add_special_tokens=False).input_ids
+        reserve = max([len(c) for c in cands] + [len(gold or [])]
+                      + ([self.max_new_tokens] if not s.candidates else []))
+        budget = self.max_length - reserve
+        if len(prompt) > budget:  # keep the end of the prompt (and its first, special, token)
+            prompt = prompt[:1] + prompt[len(prompt) - budget + 1:]
+        return Encoded(prompt, cands, gold)
+
+    def _encode_mlm(self, s: Sample) -> Encoded:
+        text = s.prompt.replace(MASK, self.tok.mask_token)
+        ids = self.tok(text).input_ids
+        if len(ids) > self.max_length:  # keep <s> and the end (the mask is near the end for LM-BFF)
+            ids = ids[:1] + ids[len(ids) - self.max_length + 1:]
+        mask_id = self.tok.mask_token_id
+        pos = ids.index(mask_id) if mask_id in ids else len(ids) - 2
+        # LM-BFF's label word id: the first token of " " + word (single tokens for RoBERTa)
+        cands = [self.tok(c, add_special_tokens=False).input_ids[:1] for c in s.candidates]
+        return Encoded(ids, cands, None, pos)
+
+    def stop_ids(self, vocab: int) -> torch.Tensor:
+        """Bool [vocab]: tokens that contain a newline, or EOS (generation stops there)."""
+        if self._stop is None or len(self._stop) != vocab:
+            texts = self.tok.batch_decode([[i] for i in range(min(vocab, len(self.tok)))])
+            stop = torch.zeros(vocab, dtype=torch.bool)
+            stop[[i for i, t in enumerate(texts) if "\n" in t]] = True
+            if self.tok.eos_token_id is not None and self.tok.eos_token_id < vocab:
+                stop[self.tok.eos_token_id] = True
+            self._stop = stop
+        return self._stop
 
 
 def _accepts(model, name: str) -> bool:
@@ -46,15 +116,20 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
-def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.Tensor:
-    """Log-probabilities [B, keep, V] at the last `keep` positions of left-padded `seqs`."""
-    device = next(model.parameters()).device
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, T - len(s):] = torch.tensor(s)
         mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.Tensor:
+    """Log-probabilities [B, keep, V] at the last `keep` positions of left-padded `seqs`."""
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(seqs, pad_id)
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if _accepts(model, "position_ids"):
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
@@ -64,26 +139,30 @@ def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.
     return F.log_softmax(logits, dim=-1)
 
 
+def continuation_logprobs(model, enc: Encoder, pairs: list[tuple[list[int], list[int]]]):
+    """Token log-likelihoods of each continuation c after its prompt p, all pairs in one forward:
+    (logp [N, L], valid [N, L]) with continuation tokens right-aligned (L = longest)."""
+    seqs = [p + c for p, c in pairs]
+    lens = [len(c) for _, c in pairs]
+    L = max(lens)
+    logp = forward_last(model, seqs, enc.pad_id, keep=L + 1)[:, :-1]  # predicts the last L tokens
+    targets = torch.zeros((len(seqs), L), dtype=torch.long)
+    valid = torch.zeros((len(seqs), L), dtype=torch.bool)
+    for j, s in enumerate(seqs):
+        targets[j, L - lens[j]:] = torch.tensor(s[-lens[j]:])
+        valid[j, L - lens[j]:] = True
+    targets, valid = targets.to(logp.device), valid.to(logp.device)
+    return logp.gather(-1, targets[..., None])[..., 0] * valid, valid
+
+
 def candidate_scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
-    """Mean log-likelihood of each candidate, one tensor [n_candidates] per sample."""
+    """Causal: mean log-likelihood of each candidate, one tensor [n_candidates] per sample."""
     encoded = [enc(s) for s in samples]
     if all(len(c) == 1 for _, cands in encoded for c in cands):
         logp = forward_last(model, [p for p, _ in encoded], enc.pad_id, keep=1)[:, 0]
         return [logp[i, [c[0] for c in cands]] for i, (_, cands) in enumerate(encoded)]
-    seqs, lens, owner = [], [], []
-    for i, (p, cands) in enumerate(encoded):
-        for c in cands:
-            seqs.append(p + c)
-            lens.append(len(c))
-            owner.append(i)
-    L = max(lens)
-    logp = forward_last(model, seqs, enc.pad_id, keep=L + 1)[:, :-1]  # predicts the last L tokens
-    targets = torch.zeros((len(seqs), L), dtype=torch.long, device=logp.device)
-    valid = torch.zeros((len(seqs), L), dtype=torch.bool, device=logp.device)
-    for j, s in enumerate(seqs):
-        targets[j, L - lens[j]:] = torch.tensor(s[-lens[j]:])
-        valid[j, L - lens[j]:] = True
-    tok_lp = logp.gather(-1, targets[..., None])[..., 0] * valid
+    pairs = [(p, c) for p, cands in encoded for c in cands]
+    tok_lp, valid = continuation_logprobs(model, enc, pairs)
     mean_lp = tok_lp.sum(-1) / valid.sum(-1)
     out, j = [], 0
     for _, cands in encoded:
@@ -92,11 +171,140 @@ def candidate_scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.T
     return out
 
 
+def mask_logits(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
+    """MLM: the label-word logits at the mask, one tensor [n_words] per sample (right-padded batch;
+    only the mask positions go through the MLM head when the model exposes base + lm_head)."""
+    encoded = [enc.encode(s) for s in samples]
+    device = next(model.parameters()).device
+    T = max(len(e.prompt) for e in encoded)
+    ids = torch.full((len(encoded), T), enc.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), T), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, :len(e.prompt)] = torch.tensor(e.prompt)
+        mask[i, :len(e.prompt)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    rows = torch.arange(len(encoded), device=device)
+    pos = torch.tensor([e.mask_pos for e in encoded], device=device)
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = getattr(model, "lm_head", None)
+    if base is not None and head is not None:
+        hidden = base(input_ids=ids, attention_mask=mask)[0]
+        logits = head(hidden[rows, pos]).float()
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits[rows, pos].float()
+    return [logits[i, [c[0] for c in e.cands]] for i, e in enumerate(encoded)]
+
+
+def scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
+    """Per-sample candidate scores: mean log-likelihoods (causal) or label-word logits (mlm)."""
+    return mask_logits(model, enc, samples) if enc.family == "mlm" else candidate_scores(model, enc, samples)
+
+
 def classification_loss(model, enc: Encoder, samples: list[Sample]) -> torch.Tensor:
     """Summed cross-entropy over candidate scores (divide by len(samples) for the mean)."""
-    scores = candidate_scores(model, enc, samples)
-    return sum(F.cross_entropy(s[None], torch.tensor([x.label], device=s.device)) for s, x in zip(scores, samples))
+    out = scores(model, enc, samples)
+    return sum(F.cross_entropy(s[None], torch.tensor([x.label], device=s.device)) for s, x in zip(out, samples))
+
+
+def lm_loss_terms(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Tensor, int]:
+    """(summed token NLL of the gold continuations, number of gold tokens): teacher forcing on
+    the gold answer only, as the reference's LM-style training (--train_as_classification False)."""
+    pairs = [(e.prompt, e.gold) for e in map(enc.encode, samples) if e.gold]
+    if not pairs:
+        return torch.zeros(()), 0
+    tok_lp, valid = continuation_logprobs(model, enc, pairs)
+    return -tok_lp.sum(), int(valid.sum())
 
 
 def predict(model, enc: Encoder, samples: list[Sample]) -> list[int]:
-    return [int(s.argmax()) for s in candidate_scores(model, enc, samples)]
+    return [int(s.argmax()) for s in scores(model, enc, samples)]
+
+
+@torch.no_grad()
+def generate(model, enc: Encoder, samples: list[Sample], max_new_tokens: int | None = None,
+             sync=None) -> list[str]:
+    """Greedy decoding with a KV cache over a left-padded batch; each output stops at its first
+    newline (or EOS) and is decoded, cut at the newline and stripped (the reference's
+    eos_token "\\n"). `sync(done_count) -> total` keeps ranks in lockstep under FSDP."""
+    max_new = enc.max_new_tokens if max_new_tokens is None else max_new_tokens
+    device = next(model.parameters()).device
+    ids, mask = _left_pad([enc(s)[0] for s in samples], enc.pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    # a prefix-tuned model (peft_modes.PrefixLM) prepends its prefix cache on the first call only
+    inner, P = (model.model, model.num_prefix) if hasattr(model, "prefix_cache") else (model, 0)
+    kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+    past = out.past_key_values
+    B = len(samples)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    gen = []
+    for t in range(max_new):
+        logits = out.logits[:, -1].float()
+        nxt = logits.argmax(-1)
+        stop = enc.stop_ids(logits.shape[-1]).to(device)
+        gen.append(torch.where(done, torch.full_like(nxt, -1), nxt))
+        done = done | stop[nxt]
+        finished = int(done.sum())
+        if sync is not None:
+            finished, B_all = sync(finished, B)
+        else:
+            B_all = B
+        if finished >= B_all or t == max_new - 1:
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+        pos = pos[:, -1:] + 1
+        full_mask = torch.cat([torch.ones((B, P), dtype=mask.dtype, device=device), mask], 1) if P else mask
+        out = inner(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=pos + P, past_key_values=past,
+                    use_cache=True)
+        past = out.past_key_values
+    toks = torch.stack(gen, 1).tolist() if gen else [[] for _ in samples]
+    texts = []
+    for row in toks:
+        row = [t for t in row if t >= 0]
+        texts.append(enc.tok.decode(row, skip_special_tokens=True).split("\n")[0].strip())
+    return texts
+
+
+def sample_metric(s: Sample, pred) -> dict[str, float]:
+    """Per-sample metric values: {"accuracy"} for an index, {"f1", "em"} for generated text."""
+    if isinstance(pred, str):
+        return {"f1": M.f1(pred, s.answers), "em": M.exact_match(pred, s.answers)}
+    return {"accuracy": float(pred in s.gold_ids)}
+
+
+def loss_terms(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[torch.Tensor, int]:
+    """(sum, count) of the training loss over `samples`:
+    "classification": CE over candidate scores (or MLM label-word logits), per sample;
+    "lm": teacher-forced NLL of the gold continuation, per gold token;
+    "non_diff": minus the task metric (accuracy, or F1 of greedy generations), per sample."""
+    if loss == "classification":
+        return classification_loss(model, enc, samples), len(samples)
+    if loss == "lm":
+        return lm_loss_terms(model, enc, samples)
+    if loss == "non_diff":
+        preds = generate(model, enc, samples) if not samples[0].candidates else predict(model, enc, samples)
+        vals = [next(iter(sample_metric(s, p).values())) for s, p in zip(samples, preds)]
+        return torch.tensor(-sum(vals), dtype=torch.float64), len(samples)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def context_length(model) -> int | None:
+    """The longest input the model's position embeddings allow (RoBERTa: minus its padding offset)."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if getattr(cfg, "model_type", None) in ("roberta", "xlm-roberta"):
+        n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
+    return n
+
+
+def make_encoder(tok, model, args) -> Encoder:
+    """The run's Encoder: --max_length capped at the model's context length; OPT's first token
+    set to 0 as in the reference; masked-LM scoring for the roberta family."""
+    limit = context_length(model)
+    max_length = min(args.max_length, limit) if limit else args.max_length
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return Encoder(tok, max_length, model_type=model_type, family=getattr(args, "task_family", "causal"),
+                   max_new_tokens=getattr(args, "max_new_tokens", 50))

@@ -19,7 +19,7 @@ log = logging.getLogger("mezo")
 def write_json(path: str, obj) -> None:
     """Write then rename: a reader (or a kill) never sees a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")  # never matches *.json
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, default=str)

@@ -1,0 +1,45 @@
+"""Zero-shot and in-context-learning (ICL) baselines: evaluate, write the logs, exit.
+
+--zero_shot: the test set (and dev, when there is one) scored with the model as loaded.
+--icl --num_demos N: every test sample gets N gold demonstrations from the train split in front
+(the reference's formatting and per-sample demo sets, mezo.splits.icl_samples); the whole input
+is cut from the left to the model's context length (--max_length capped), keeping the first
+token, as the reference's encode_prompt does.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from mezo.evaluation import evaluate
+from mezo.splits import icl_samples
+from mezo.telemetry import log
+
+
+def run_baseline(args, task, model, enc, splits, train_rows, metrics, main: bool) -> dict:
+    from mezo.train import headline
+    name = "icl" if args.icl else "zero_shot"
+    test = splits.test
+    if args.icl:
+        if not train_rows:
+            raise ValueError(f"--icl: task {task.name} has no train rows to draw demonstrations from")
+        test = icl_samples(task, train_rows, splits.test, args.num_demos)
+        lens = [len(enc(s)[0]) for s in test]
+        log.info("icl: %d demos per test sample, prompts %d-%d tokens (cap %d)", args.num_demos, min(lens),
+                 max(lens), enc.max_length)
+    preds: list = []
+    rec = {"step": 0, "dev": evaluate(model, enc, splits.dev, args.eval_batch_size) if not args.icl else {},
+           "test": evaluate(model, enc, test, args.eval_batch_size, predictions=preds)}
+    metrics.data[name] = {"test": rec["test"], "num_demos": args.num_demos if args.icl else 0}
+    if name == "zero_shot":
+        metrics.data["zero_shot"] = {"test": rec["test"]}
+    metrics.eval(rec)
+    metrics.data["final"] = {"dev": rec["dev"], "test": rec["test"], "best_dev_step": None, "baseline": name}
+    metrics.save("completed")
+    if main:
+        with open(os.path.join(args.output_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+            for s, p in preds:
+                f.write(json.dumps({"prompt_tail": s.prompt[-200:], "prediction": p,
+                                    "gold": s.answers if s.answers is not None else s.gold_ids}) + "\n")
+        print(f"{name.replace('_', '-')} test {headline(rec['test'])}", flush=True)
+    return metrics.data

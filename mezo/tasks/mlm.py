@@ -1,0 +1,190 @@
+"""Masked-LM tasks (RoBERTa) with LM-BFF prompts, as MeZO's medium models run them.
+
+A sample's prompt is the LM-BFF template rendered to text with MASK ("<mask>") where the
+mask token goes; the scorer swaps MASK for tokenizer.mask_token and lets the tokenizer add
+<s> ... </s> (the template's *cls* and *sep+*). Candidates are the label words with their
+leading space (LM-BFF scores " great" at the mask). LM-BFF tokenises the template part by
+part and cuts sentence parts to first_sent_limit / other_sent_limit tokens: `segments(row)`
+gives those parts for a scorer that wants that exactly.
+
+Data: k examples per class for train and k more for dev (`kshot_splits`, LM-BFF's
+generate_k_shot_data.py with --mode k-shot-1k-test), test = the task's evaluation split cut to
+1000 rows (`kshot_test`), or LM-BFF's own split files (`load_kshot`).
+"""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+from mezo.tasks.base import Sample, Splits, Task
+from mezo.tasks.templates import MLM
+
+MASK = "<mask>"
+LMBFF_TREC_TO_HF = {0: 2, 1: 1, 2: 0, 3: 3, 4: 4, 5: 5}   # LM-BFF (SentEval) id -> HF coarse_label
+NLI_IDS = {"entailment": 0, "neutral": 1, "contradiction": 2}  # HF snli / glue mnli
+
+
+def render_lmbff(template: str, sents: list[str]) -> list[tuple[str, int | None]]:
+    """LM-BFF's template language as text parts: [(text, sentence id or None)].
+    *cls* / *sep+* are left to the tokenizer's special tokens; *mask* is MASK; *sent_i*,
+    *+sent_i* (leading space), *sent-_i* (last character dropped), *sentl_i* / *+sentl_i*
+    (first character lower-cased); anything else is literal text with "_" for a space."""
+    out = []
+    for part in template.split("*"):
+        if part in ("", "cls", "sep", "sep+", "bos", "eos"):
+            continue
+        if part == "mask":
+            out.append((MASK, None))
+            continue
+        head, _, idx = part.rpartition("_")
+        if head.lstrip("+").startswith("sent") and idx.isdigit():
+            text = sents[int(idx)]
+            if "l" in head:
+                text = text[:1].lower() + text[1:]
+            if head.endswith("-"):
+                text = text[:-1]
+            out.append(((" " if head.startswith("+") else "") + text, int(idx)))
+        else:
+            out.append((part.replace("_", " "), None))
+    return out
+
+
+class MLMTask(Task):
+    family = "mlm"
+    kshot_name = ""          # folder under <data_dir>/k-shot/
+    columns: tuple[str, ...] = ("sentence",)
+    label_column = "label"
+    num_dev = None           # k per class, see kshot_splits
+
+    @property
+    def template(self):
+        return MLM[self.kshot_name]
+
+    def label(self, row: dict) -> int:
+        return int(row[self.label_column])
+
+    def segments(self, row: dict) -> list[tuple[str, int | None]]:
+        return render_lmbff(self.template.template, [row[c] for c in self.columns])
+
+    def sample(self, row: dict) -> Sample:
+        prompt = "".join(text for text, _ in self.segments(row))
+        return Sample(prompt, [" " + w for w in self.template.words], self.label(row), data=row)
+
+
+class SST2MLM(MLMTask):
+    name, kshot_name, hf_path, hf_config, data_path = "SST-2", "SST-2", "glue", "sst2", "glue/sst2"
+
+
+class SST5MLM(MLMTask):
+    name, kshot_name, hf_path, data_path = "SST-5", "sst-5", "SetFit/sst5", "sst5"
+    columns, eval_split = ("text",), "test"
+
+
+class TRECMLM(MLMTask):
+    name, kshot_name, hf_path, data_path = "TREC", "trec", "trec", "trec"
+    columns, label_column, eval_split = ("text",), "coarse_label", "test"
+
+
+class NLIMLM(MLMTask):
+    columns = ("premise", "hypothesis")
+
+    def segments(self, row: dict):
+        a, b = (self.columns if "premise" in row else ("sentence1", "sentence2"))
+        return render_lmbff(self.template.template, [row[a], row[b]])
+
+
+class MNLIMLM(NLIMLM):
+    """Test = GLUE validation_matched, which the local data lacks (it has
+    glue/mnli/validation_from_train.jsonl, drawn from train: not comparable with the paper)."""
+    name, kshot_name, hf_path, hf_config, data_path = "MNLI", "MNLI", "glue", "mnli", "glue/mnli"
+    eval_split = "validation_matched"
+
+
+class SNLIMLM(NLIMLM):
+    """Test = SNLI validation (LM-BFF's dev.tsv); locally only snli/test.jsonl exists."""
+    name, kshot_name, hf_path, data_path = "SNLI", "SNLI", "snli", "snli"
+
+
+class RTEMLM(NLIMLM):
+    """LM-BFF uses GLUE RTE; super_glue/rte is the same data (premise/hypothesis columns)."""
+    name, kshot_name, hf_path, hf_config, data_path = "RTE", "RTE", "super_glue", "rte", "super_glue/rte"
+
+
+# ---------------------------------------------------------------------------- k-shot data
+def kshot_rows(task: MLMTask, rows: list[dict], k: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """LM-BFF's generate_k_shot_data.py: np.random.seed(seed); shuffle train; group by label in
+    order of first appearance; train = the first k of each group, dev = the next k."""
+    rows = [r for r in rows if task.label(r) >= 0]   # HF snli marks pairs without gold as -1
+    np.random.RandomState(seed).shuffle(rows)
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(task.label(r), []).append(r)
+    train = [r for g in groups.values() for r in g[:k]]
+    dev = [r for g in groups.values() for r in g[k:2 * k]]
+    return train, dev
+
+
+def kshot_test(task: MLMTask, rows: list[dict], limit: int = 1000) -> list[Sample]:
+    """k-shot-1k-test: an evaluation split over `limit` rows is cut to a seed-42 shuffle's
+    first `limit` (np.random.seed(42); shuffle, as pandas .sample(random_state=42) too)."""
+    rows = [r for r in rows if task.label(r) >= 0]
+    if len(rows) > limit:
+        rows = [rows[i] for i in np.random.RandomState(42).permutation(len(rows))[:limit]]
+    return [task.sample(r) for r in rows]
+
+
+def kshot_splits(task: MLMTask, rows: list[dict], k: int, seed: int,
+                 eval_rows: list[dict] | None = None) -> Splits:
+    """Splits for `--k 16|512 --data_seed 13|21|42|87|100`: k per class for train and dev
+    (disjoint) from the train rows; test from eval_rows (<= 1000), empty when not given."""
+    train, dev = kshot_rows(task, rows, k, seed)
+    test = kshot_test(task, eval_rows) if eval_rows is not None else []
+    return Splits([task.sample(r) for r in train], [task.sample(r) for r in dev], test)
+
+
+def _tsv(path: str) -> list[list[str]]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    return lines[1:]   # header
+
+
+def _csv(path: str) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return [r for r in csv.reader(f) if r]
+
+
+def _lmbff_row(task: MLMTask, r: list[str]) -> dict:
+    """One LM-BFF line -> a row in the task's HF column layout."""
+    name = task.kshot_name
+    if name == "SST-2":
+        return {"sentence": r[0], "label": int(r[1])}
+    if name == "sst-5":
+        return {"text": r[1], "label": int(r[0])}
+    if name == "trec":
+        return {"text": r[1], "coarse_label": LMBFF_TREC_TO_HF[int(r[0])]}
+    if name == "RTE":
+        return {"premise": r[1], "hypothesis": r[2], "idx": int(r[0]),
+                "label": {"entailment": 0, "not_entailment": 1}[r[-1]]}
+    a = {"MNLI": 8, "SNLI": 7}[name]
+    return {"premise": r[a], "hypothesis": r[a + 1], "label": NLI_IDS[r[-1]]}
+
+
+def load_kshot(task: MLMTask, data_dir: str, k: int = 16, seed: int = 13) -> dict[str, list[dict]]:
+    """LM-BFF's split files <data_dir>/k-shot/<TASK>/<k>-<seed>/{train,dev,test}.{tsv,csv} as
+    rows in the HF layout (TREC ids remapped to HF order). Splits whose file is absent are
+    left out (the MNLI and SNLI test files are not in the local copy)."""
+    folder = os.path.join(data_dir, "k-shot", task.kshot_name, f"{k}-{seed}")
+    names = {"train": "train", "dev": "dev", "test": "test"}
+    if task.kshot_name == "MNLI":
+        names.update(dev="dev_matched", test="test_matched")
+    out = {}
+    for split, stem in names.items():
+        for ext, reader in ((".tsv", _tsv), (".csv", _csv)):
+            path = os.path.join(folder, stem + ext)
+            if os.path.exists(path):
+                out[split] = [_lmbff_row(task, r) for r in reader(path)]
+    if not out:
+        raise FileNotFoundError(f"no LM-BFF split files in {folder}")
+    return out

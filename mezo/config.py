@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from mezo import models
+from mezo import checkpoint, models, peft_modes, task_flags
 from mezo.tasks import BY_DATASET, get_task, task_names
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -45,11 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num_train", type=int, default=1000, help="training examples (reference sampling)")
     a("--max_train_samples", type=int, default=None, help="cap on training examples (alias that wins over --num_train)")
     a("--num_dev", type=int, default=100, help="dev examples drawn from train (reference: 500; CB/Copa 100)")
-    a("--num_eval", type=int, default=200, help="test examples from the validation split (reference: 1000)")
+    a("--num_eval", type=int, default=None,
+      help="test examples from the validation split (default 200; reference: 1000); masked-LM tasks: "
+           "default all of the test set (<= 1000)")
     a("--train_set_seed", type=int, default=0, help="seed of the train/dev permutation")
 
     a = p.add_argument_group("training").add_argument
-    a("--trainer", choices=["mezo"], default="mezo")
+    a("--trainer", choices=["mezo", "ft", "linear_probe"], default="mezo",
+      help="mezo (zeroth order), ft (backprop baseline), linear_probe (logistic regression on frozen features)")
     a("--batch_size", type=int, default=16, help="global batch per micro-step (split over ranks)")
     a("--eval_batch_size", type=int, default=16)
     a("--learning_rate", type=float, default=1e-5)
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no_master_weights", action="store_true",
       help="bf16/fp16: perturb and update the low-precision weights in place (the reference)")
     a("--master_weights", action="store_true", help="keep an fp32 master copy also in fp32 (exact restore)")
-    a("--zo_backend", choices=["auto", "compile", "eager"], default="auto",
+    a("--zo_backend", choices=["auto", "compile", "eager", "triton"], default="auto",
       help="sweep kernel: torch.compile'd fused kernel, or plain PyTorch ops")
     a("--no_fuse", action="store_true", help="run the plain 4-sweep schedule (for checking)")
     a("--seed", type=int, default=42)
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--memory_logging", action="store_true", help="write memory_log.json (torch, nvidia-smi, RSS)")
     a("--memory_interval", type=float, default=10.0, help="seconds between memory samples")
     a("--log_steps", type=int, default=10, help="steps between training_metrics.json writes")
+    peft_modes.add_args(p)  # LoRA, prefix tuning, ft / linear-probe options
+    checkpoint.add_args(p)  # --save_steps, --resume_from_checkpoint, --resume_trajectory, --skip_nonfinite
+    task_flags.add_args(p)  # --model_family --k --data_seed --zero_shot --icl --num_demos --non_diff --paper_hparams
     return p
 
 
@@ -84,32 +90,56 @@ def fail(msg: str):
     sys.exit(2)
 
 
-def resolve(args: argparse.Namespace, world_size: int = 1) -> argparse.Namespace:
-    """Fill derived values and check everything that can be checked before loading anything."""
+def resolve(args: argparse.Namespace, world_size: int = 1, explicit: set[str] | None = None) -> argparse.Namespace:
+    """Fill derived values and check everything that can be checked before loading anything.
+    `explicit`: the flags given on the command line (--paper_hparams fills the others); when None,
+    a flag counts as given when its value differs from the parser default."""
+    # ---- task layer (issue 3): model family -> task family (causal | mlm), paper defaults
+    task_flags.resolve_family(args, fail)
+    family = args.task_family
     if args.task_name is None:
-        if args.dataset is not None:
+        if args.dataset is not None and family == "causal":
             key = BY_DATASET.get((args.dataset, args.dataset_config))
             if key is None:
                 fail(f"--dataset {args.dataset} --dataset_config {args.dataset_config} matches no task; "
                      f"pass --task_name (one of {', '.join(task_names())})")
             args.task_name = key
         else:
-            args.task_name = "SST2"
+            args.task_name = "SST-2" if family == "mlm" else "SST2"
     try:
-        task = get_task(args.task_name, text_column=args.text_column)
+        task = get_task(args.task_name, family=family, **({} if family == "mlm" else {"text_column": args.text_column}))
     except KeyError:
-        fail(f"--task_name {args.task_name!r} is unknown; valid: {', '.join(task_names())}")
+        fail(f"--task_name {args.task_name!r} is unknown for the {args.model_family} family; "
+             f"valid: {', '.join(task_names(family))}")
     args.task_name = task.name
+    if args.paper_hparams:
+        if explicit is None:
+            defaults = vars(build_parser().parse_args([]))
+            explicit = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+        filled = task_flags.fill_paper_hparams(args, explicit, task, peft_modes.mode_name(args))
+        if os.environ.get("RANK", "0") == "0":
+            print(f"--paper_hparams ({args.model_family}, {peft_modes.mode_name(args)}) filled: "
+                  + (" ".join(f"--{k} {v}" for k, v in filled.items()) or "nothing (all given)"), flush=True)
+    task_flags.check(args, fail)
+    if args.num_eval is None and family == "causal":
+        args.num_eval = 200
+    if args.num_eval is not None and args.num_eval < 1:
+        fail(f"--num_eval must be >= 1 (got {args.num_eval})")
+    baseline = args.zero_shot or args.icl
+    # ---- end of the task layer block
 
     for flag in ("learning_rate", "zo_eps"):
         if not getattr(args, flag) > 0:
             fail(f"--{flag} must be > 0 (got {getattr(args, flag)})")
     for flag in ("max_steps", "batch_size", "eval_batch_size", "eval_steps", "gradient_accumulation_steps",
-                 "zo_num_samples", "num_train", "max_length", "log_steps"):
+                 "zo_num_samples", "max_length", "log_steps"):
         if getattr(args, flag) < 1:
             fail(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
+    if args.num_train < (0 if baseline else 1):
+        fail(f"--num_train must be >= {0 if baseline else 1} (got {args.num_train})")
     if args.weight_decay < 0:
         fail(f"--weight_decay must be >= 0 (got {args.weight_decay})")
+    peft_modes.check_args(args, fail)
     if args.batch_size % world_size:
         fail(f"--batch_size {args.batch_size} is not divisible by the number of processes ({world_size})")
     if args.fsdp_version != 2:
@@ -126,18 +156,26 @@ def resolve(args: argparse.Namespace, world_size: int = 1) -> argparse.Namespace
     if args.gguf_file and os.path.isdir(args.model_name) and not os.path.exists(os.path.join(args.model_name, args.gguf_file)):
         fail(f"--gguf_file {args.gguf_file}: not found in {args.model_name}")
 
-    if args.data_dir is None and args.dataset is None and task.name == "SST2" and os.path.isdir(BUNDLED_DATA):
+    if args.data_dir is None and args.dataset is None and task.name in ("SST2", "SST-2") and os.path.isdir(BUNDLED_DATA):
         args.data_dir = BUNDLED_DATA
     if args.data_dir == "hub":
         args.data_dir = None
     if args.data_dir is not None:
         if not os.path.isdir(args.data_dir):
             fail(f"--data_dir {args.data_dir}: no such directory")
-        for split in (task.train_split, task.eval_split):
-            path = task.split_file(args.data_dir, split)
-            if not os.path.exists(path):
-                fail(f"--data_dir {args.data_dir}: missing {os.path.relpath(path, args.data_dir)} "
-                     f"(task {task.name} needs {task.data_path}/{{{task.train_split},{task.eval_split}}}.jsonl)")
+        if family == "mlm":  # LM-BFF split files, else the task's train split to sample k-shot from
+            from mezo.splits import mlm_sources
+            try:
+                mlm_sources(task, args.data_dir, args.k, args.data_seed)
+            except FileNotFoundError as e:
+                fail(f"--data_dir {args.data_dir}: {e}")
+        else:
+            needed = [task.eval_split] if args.zero_shot else [task.train_split, task.eval_split]
+            for split in needed:
+                path = task.split_file(args.data_dir, split)
+                if not os.path.exists(path):
+                    fail(f"--data_dir {args.data_dir}: missing {os.path.relpath(path, args.data_dir)} "
+                         f"(task {task.name} needs {task.data_path}/{{{','.join(needed)}}}.jsonl){task.missing_note}")
 
     if args.dtype == "fp32":
         args.use_master = args.master_weights
@@ -145,9 +183,12 @@ def resolve(args: argparse.Namespace, world_size: int = 1) -> argparse.Namespace
         args.use_master = not args.no_master_weights
     if args.output_dir is None:
         import time
-        args.output_dir = os.path.join("outputs", f"{task.name}_mezo_{time.strftime('%Y%m%d-%H%M%S')}")
+        args.output_dir = os.path.join("outputs", f"{task.name}_{peft_modes.mode_name(args)}_{time.strftime('%Y%m%d-%H%M%S')}")
+    checkpoint.resolve_args(args, world_size)  # output dir writable, resume source valid and compatible
     return args
 
 
 def parse(argv=None, world_size: int = 1) -> argparse.Namespace:
-    return resolve(build_parser().parse_args(argv), world_size)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    return resolve(args, world_size, explicit=task_flags.explicit_dests(build_parser, argv))

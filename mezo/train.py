@@ -11,10 +11,11 @@ import time
 import numpy as np
 import torch
 
-from mezo import config, distributed as D, models, telemetry
+from mezo import checkpoint, config, distributed as D, models, peft_modes, telemetry
 from mezo.evaluation import evaluate
-from mezo.scoring import Encoder, classification_loss
-from mezo.tasks import get_task, make_splits
+from mezo.scoring import loss_terms, make_encoder
+from mezo.splits import build_splits
+from mezo.tasks import get_task
 from mezo.telemetry import log
 from mezo.zo import ZOEngine
 
@@ -23,6 +24,14 @@ def step_seed(base: int, step: int, j: int = 0, n: int = 1) -> int:
     """The seed of direction j at `step`: a pure function of (--seed, step), so a run can be
     replayed or resumed from the step number alone."""
     return (int(base) << 32) | (step * n + j)
+
+
+def headline(m: dict) -> str:
+    """"accuracy: 0.8125" / "f1: 0.4210 (em 0.3000)": the first key is the task's metric."""
+    if not m:
+        return "n/a"
+    (k, v), rest = next(iter(m.items())), list(m.items())[1:]
+    return f"{k}: {v:.4f}" + (f" ({', '.join(f'{a} {b:.4f}' for a, b in rest)})" if rest else "")
 
 
 def lr_at(args, step: int) -> float:
@@ -54,17 +63,25 @@ class BatchStream:
         return g[D.rank() * per:(D.rank() + 1) * per]
 
 
-def make_loss_fn(model, enc, train, stream: BatchStream):
+def loss_kind(args, task) -> str:
+    """"non_diff" (--non_diff), else the task's: "classification" (CE over candidates / label
+    words) or "lm" (teacher-forced gold continuation); see mezo.scoring.loss_terms."""
+    return "non_diff" if getattr(args, "non_diff", False) else task.train_loss
+
+
+def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classification"):
     """loss_fn(step) -> mean loss over the global batch (all micro-batches, all ranks):
-    each rank sums its losses, one all-reduce of [sum, count] gives every rank the same value."""
+    each rank sums its losses and counts (samples, or gold tokens for "lm"), one all-reduce of
+    [sum, count] gives every rank the same value."""
     def loss_fn(step: int) -> float:
         total = torch.zeros(2, dtype=torch.float64)
         for micro in range(stream.accum):
             batch = [train[i] for i in stream.local_batch(step, micro)]
-            total[0] += float(classification_loss(model, enc, batch))
-            total[1] += len(batch)
+            loss_sum, count = loss_terms(model, enc, batch, kind)
+            total[0] += float(loss_sum)
+            total[1] += count
         total = D.all_reduce_sum(total)
-        return float(total[0] / total[1])
+        return float(total[0] / max(float(total[1]), 1.0))
     return loss_fn
 
 
@@ -72,7 +89,7 @@ def experiment_config(args, model, world: int, device) -> dict:
     import transformers
     total, trainable = models.count_params(model)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"args": vars(args), "task": args.task_name, "model_name": args.model_name, "mode": "mezo",
+    return {"args": vars(args), "task": args.task_name, "model_name": args.model_name, "mode": peft_modes.mode_name(args),
             "resolved_model": models.resolve(args.model_name, args.gguf_file)[0],
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
@@ -93,17 +110,16 @@ def run(args) -> dict:
                              {k: v for k, v in vars(args).items() if k != "use_master"})
     torch.manual_seed(args.seed)
 
-    task = get_task(args.task_name, text_column=args.text_column)
+    family = getattr(args, "task_family", "causal")
+    task = get_task(args.task_name, family=family, **({} if family == "mlm" else {"text_column": args.text_column}))
     hub = (args.dataset, args.dataset_config) if args.dataset else (None, None)
-    train_rows = task.load_split(task.train_split, args.data_dir, *hub)
-    eval_rows = task.load_split(task.eval_split, args.data_dir, *hub)
-    splits = make_splits(task, train_rows, eval_rows, num_train=args.num_train, num_dev=args.num_dev,
-                         num_eval=args.num_eval, train_set_seed=args.train_set_seed)
+    splits, train_rows = build_splits(args, task, hub)  # reference sampling; LM-BFF k-shot for mlm
     log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
              len(splits.test), args.data_dir or "hub")
 
     t_load = time.time()
-    model, tok = models.load(args.model_name, args.gguf_file, args.dtype, device)
+    model, tok = models.load(args.model_name, args.gguf_file, args.dtype, device, family)
+    model = peft_modes.prepare(args, model, tok)  # LoRA / prefix / frozen (linear probe), before sharding
     if D.launched_distributed():
         models.shard(model, device, args.fsdp_version)
     log.info("model %s loaded in %.1fs (%s, world size %d%s)", args.model_name, time.time() - t_load,
@@ -118,7 +134,7 @@ def run(args) -> dict:
                                      args.memory_interval).start()
     metrics = telemetry.Metrics(os.path.join(args.output_dir, "training_metrics.json") if main else None,
                                 every=args.log_steps)
-    enc = Encoder(tok, args.max_length)
+    enc = make_encoder(tok, model, args)  # OPT first token 0, context length, mlm / causal
     torch.set_grad_enabled(False)
 
     def run_eval(step):
@@ -127,36 +143,51 @@ def run(args) -> dict:
         log.info("step %d: dev %s test %s", step, rec["dev"], rec["test"])
         return rec
 
+    bar = None  # the progress bar; closed before an error message so that the message is the last line
     try:
-        if not args.no_initial_eval:
+        if args.zero_shot or args.icl:  # baselines: evaluate, write the logs, exit (mezo/baselines.py)
+            from mezo.baselines import run_baseline
+            return run_baseline(args, task, model, enc, splits, train_rows, metrics, main)
+        # checkpoints, resume, preemption, trajectory.jsonl, non-finite steps: mezo/checkpoint.py
+        session = checkpoint.Session(args, model, metrics) if args.trainer == "mezo" else None
+        start = session.resume_model() if session else 0
+        if not args.no_initial_eval and not start:
             zs = {"test": evaluate(model, enc, splits.test, args.eval_batch_size)}
             metrics.data["zero_shot"] = zs
             metrics.save()
             log.info("zero-shot test %s", zs["test"])
             if main:
-                print(f"zero-shot test accuracy: {zs['test']['accuracy']:.4f}", flush=True)
+                print(f"zero-shot test {headline(zs['test'])}", flush=True)
 
+        if args.trainer != "mezo":  # baselines: backprop fine-tuning, linear probing
+            from mezo import backprop, linear_probe
+            trainer = backprop if args.trainer == "ft" else linear_probe
+            return trainer.run(args, model, tok, enc, splits, metrics, run_eval, main)
         engine = ZOEngine.from_model(model, dist=args.zo_dist, backend=args.zo_backend, fused=not args.no_fuse,
                                      master_weights=args.use_master)
         log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, master weights %s)",
                  len(engine.slots), args.zo_dist, engine.backend, "fused" if engine.fused else "plain",
                  engine.master_weights)
+        session.attach(engine)  # master shards from the checkpoint, or replay of --resume_trajectory
         stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed)
-        loss_at = make_loss_fn(model, enc, splits.train, stream)
+        loss_at = make_loss_fn(model, enc, splits.train, stream, loss_kind(args, task))
         bar = None
         if main:
             from tqdm.auto import tqdm
-            bar = tqdm(total=args.max_steps, desc="MeZO", dynamic_ncols=True)
+            bar = tqdm(total=args.max_steps, initial=start, desc="MeZO", dynamic_ncols=True)
         n = args.zo_num_samples
-        for step in range(args.max_steps):
+        for step in range(start, args.max_steps):
             t0 = time.time()
             lr = lr_at(args, step)
             seeds = [step_seed(args.seed, step, j, n) for j in range(n)]
             grads, losses = engine.step(lambda: loss_at(step), seeds, lr, args.zo_eps, args.weight_decay)
+            skipped = session.check(engine, step, grads, losses)  # NaN/inf: skip (--skip_nonfinite) or stop
             lp, lm = losses[0]
             rec = {"step": step + 1, "loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp,
                    "loss_minus": lm, "projected_grad": float(np.mean(grads)), "lr": lr,
                    "step_time_s": time.time() - t0, "seeds": seeds}
+            if skipped:
+                rec["skipped_nonfinite"] = True
             metrics.step(rec)
             if bar:
                 bar.update(1)
@@ -164,21 +195,24 @@ def run(args) -> dict:
             if (step + 1) % args.eval_steps == 0 or step + 1 == args.max_steps:
                 engine.flush()
                 metrics.eval(run_eval(step + 1))
+            session.after_step(engine, step, seeds, grads, lr, skipped)  # trajectory, checkpoint, preemption
         engine.flush()
+        session.finish(engine)  # final checkpoint
         if bar:
             bar.close()
-        if args.save_model:
-            models.save_full(model, tok, os.path.join(args.output_dir, "model"), main)
+        peft_modes.save(args, model, tok, main)  # adapters / prefixes; --save_model: the full model
         evals = metrics.data["evals"]
         best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
         metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
                                  "best_dev_step": best["step"] if best else None}
         metrics.save("completed")
         if main and evals:
-            print(f"final test accuracy: {evals[-1]['test']['accuracy']:.4f}", flush=True)
+            print(f"final test {headline(evals[-1]['test'])}", flush=True)
         return metrics.data
-    except BaseException:
-        metrics.save("failed")
+    except BaseException as e:
+        if bar:
+            bar.close()
+        metrics.save(getattr(e, "status", "failed"))  # "preempted" for checkpoint.Preempted
         raise
     finally:
         if mem:
@@ -189,6 +223,8 @@ def main(argv=None) -> int:
     args = config.parse(argv, D.world_size())
     try:
         run(args)
+    except checkpoint.StopRun as e:  # preempted (75), non-finite step (3), unloadable checkpoint (2)
+        return checkpoint.report(e)
     finally:
         D.shutdown()
     return 0

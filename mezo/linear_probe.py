@@ -1,0 +1,120 @@
+"""Linear probing (`--trainer linear_probe`, the paper's LP baseline): features from the frozen
+model (causal LMs: the last-token hidden state of the prompt, what the LM head reads; masked
+LMs: the hidden state at the <mask> token, what the MLM head reads), a multinomial
+logistic regression on the training set (scikit-learn; LogisticRegressionCV picks the L2
+strength by cross-validation unless --lp_C is given), evaluated with the same accuracy on the
+dev and test sets. Results go to training_metrics.json's evals and final.
+
+Under FSDP2 each rank extracts the features of every world-th sample (every rank runs the same
+number of forwards), one all-reduce assembles the matrix, and rank 0 fits the classifier.
+Needs a task whose candidates are fixed class labels (classification, not multiple choice).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from mezo import distributed as D
+from mezo.scoring import _accepts
+from mezo.telemetry import log
+
+
+@torch.no_grad()
+def features(model, enc, samples, batch_size: int) -> np.ndarray:
+    """[len(samples), hidden] float64: the final hidden state at the prompt's last token (masked LMs: at
+    its mask token)."""
+    r, w = D.rank(), D.world_size()
+    idx = list(range(r, len(samples), w))
+    n_batches = math.ceil(math.ceil(len(samples) / w) / batch_size)
+    device = next(model.parameters()).device
+    out = None
+    mlm = getattr(enc, "family", "causal") == "mlm"
+    for b in range(n_batches):
+        mine = idx[b * batch_size:(b + 1) * batch_size]
+        rows = [i for i in (mine or [0])]
+        if mlm:  # right-padded, the hidden state at each prompt's mask position
+            encs = [enc.encode(samples[i]) for i in rows]
+            T = max(len(e.prompt) for e in encs)
+            ids = torch.full((len(encs), T), enc.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(encs), T), dtype=torch.long)
+            for i, e in enumerate(encs):
+                ids[i, :len(e.prompt)] = torch.tensor(e.prompt)
+                mask[i, :len(e.prompt)] = 1
+            out_h = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            pos = torch.tensor([e.mask_pos for e in encs])
+            h = out_h.hidden_states[-1][torch.arange(len(encs)), pos.to(device)].double().cpu()
+        else:  # left-padded, the hidden state at each prompt's last token
+            seqs = [enc(samples[i])[0] for i in rows]
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), enc.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), T), dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, T - len(s):] = torch.tensor(s)
+                mask[i, T - len(s):] = 1
+            kw = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "output_hidden_states": True}
+            if _accepts(model, "position_ids"):
+                kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+            if _accepts(model, "logits_to_keep"):
+                kw["logits_to_keep"] = 1
+            h = model(**kw).hidden_states[-1][:, -1].double().cpu()
+        if out is None:
+            out = torch.zeros((len(samples), h.shape[-1]), dtype=torch.float64)
+        for j, i in enumerate(mine):
+            out[i] = h[j]
+    return D.all_reduce_sum(out).numpy()
+
+
+def fit(X: np.ndarray, y: np.ndarray, C: float | None, max_iter: int):
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    folds = min(5, int(np.bincount(y).min())) if len(np.unique(y)) > 1 else 0
+    if C is None and folds >= 2:
+        clf = LogisticRegressionCV(Cs=10, cv=folds, max_iter=max_iter, random_state=0)
+    else:
+        clf = LogisticRegression(C=C or 1.0, max_iter=max_iter, random_state=0)
+    model = make_pipeline(StandardScaler(), clf)
+    model.fit(X, y)
+    return model
+
+
+def accuracy(clf, X, samples) -> dict:
+    if not samples:
+        return {}
+    pred = clf.predict(X)
+    return {"accuracy": float(np.mean([int(p) in s.gold_ids for p, s in zip(pred, samples)]))}
+
+
+def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
+    if any(len(s.candidates) != len(splits.train[0].candidates) for s in splits.train) or \
+            any(s.label is None for s in splits.train):
+        raise ValueError(f"--trainer linear_probe needs a classification task with fixed labels ({args.task_name} is not)")
+    t0 = time.time()
+    Xtr = features(model, enc, splits.train, args.eval_batch_size)
+    Xdev = features(model, enc, splits.dev, args.eval_batch_size) if splits.dev else None
+    Xte = features(model, enc, splits.test, args.eval_batch_size)
+    t_feat = time.time() - t0
+    log.info("linear probe: features %s in %.1fs", Xtr.shape, t_feat)
+    rec = {"step": 0, "dev": {}, "test": {}}
+    info = {}
+    if main:
+        y = np.array([s.label for s in splits.train])
+        clf = fit(Xtr, y, args.lp_C, args.lp_max_iter)
+        lr = clf[-1]
+        info = {"C": float(np.atleast_1d(lr.C_)[0]) if hasattr(lr, "C_") else float(lr.C),
+                "train_accuracy": accuracy(clf, Xtr, splits.train)["accuracy"],
+                "num_features": int(Xtr.shape[1]), "feature_time_s": t_feat, "fit_time_s": time.time() - t0 - t_feat}
+        rec = {"step": 0, "dev": accuracy(clf, Xdev, splits.dev) if Xdev is not None else {},
+               "test": accuracy(clf, Xte, splits.test)}
+        log.info("linear probe: C %.4g, train %.4f, dev %s, test %s", info["C"], info["train_accuracy"],
+                 rec["dev"], rec["test"])
+    metrics.data["linear_probe"] = info
+    metrics.eval(rec)
+    metrics.data["final"] = {"dev": rec["dev"], "test": rec["test"], "best_dev_step": 0}
+    metrics.save("completed")
+    if main:
+        print(f"final test accuracy: {rec['test']['accuracy']:.4f}", flush=True)
+    return metrics.data

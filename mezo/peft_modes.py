@@ -1,0 +1,307 @@
+"""Parameter-efficient modes (the paper's MeZO-LoRA and MeZO-prefix, and their backprop
+counterparts): what is trainable, how it is built before FSDP2 sharding, and how it is saved.
+
+* LoRA (`--use_lora`): `peft.get_peft_model` injects the adapters; the base is frozen
+  (requires_grad False) so the MeZO engine, which perturbs the parameters that require grad,
+  only ever touches the adapters. The training loop works on the *inner* Hugging Face model
+  (with the LoRA layers injected), so the scoring code's position_ids/logits_to_keep detection
+  and FSDP2's block discovery see the usual model; the PeftModel wrapper is kept for saving
+  (`adapter_config.json` + `adapter_model.safetensors`, loadable by `PeftModel.from_pretrained`).
+  Paper setting: r=8, alpha=16 on the query and value projections (the defaults; the seed
+  presets' r=16, alpha=32 are `--lora_r 16 --lora_alpha 32`); the target modules default to
+  q_proj,v_proj (OPT, Llama-style) or query,value (RoBERTa).
+
+* Prefix tuning (`--prefix_tuning`): `PrefixLM` wraps the model and owns one trainable key
+  and one value tensor per layer ([kv_heads, num_prefix, head_dim], i.e. what the attention
+  reads from its KV cache: post-RoPE keys for Llama). Each forward builds a `DynamicCache`
+  pre-filled with the prefixes and prepends num_prefix ones to the attention mask. Causal LMs
+  (Llama-style, OPT, ...): the position ids are shifted by num_prefix, as if the prefix tokens
+  came first. RoBERTa (masked LM, transformers 5.x): the encoder's self-attention also
+  concatenates a passed cache in front of its keys/values and the bidirectional mask covers
+  prefix + input, so the same cache works; the position ids are RoBERTa's own (not shifted:
+  the prefixes have no position, as in the reference's medium-model prefix tuning). The
+  prefixes are parameters of the wrapper, which is the FSDP2 root, so they are all-gathered by
+  the root's pre-forward like the embeddings.
+  `--prefix_init_by_real_act` (default, the reference's prefix.py) initialises them with the
+  keys/values of num_prefix random vocabulary tokens run through the model;
+  `--prefix_random_init` draws them from N(0, 1). Saved to prefix_model.safetensors +
+  prefix_config.json; `load_prefix(base_model, folder)` rebuilds the PrefixLM.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+
+import torch
+from torch import nn
+
+LORA_DEFAULT_TARGETS = "q_proj,v_proj"      # OPT, Llama-style
+LORA_ROBERTA_TARGETS = "query,value"      # RoBERTa / BERT attention
+PREFIX_WEIGHTS = "prefix_model.safetensors"
+PREFIX_CONFIG = "prefix_config.json"
+MODES = ("mezo", "mezo_lora", "mezo_prefix", "ft", "ft_lora", "ft_prefix", "linear_probe")
+
+
+# ---------------------------------------------------------------------------------- flags
+def add_args(parser) -> None:
+    g = parser.add_argument_group("parameter-efficient modes and baselines")
+    a = g.add_argument
+    a("--use_lora", action="store_true", help="train LoRA adapters only (peft); the base stays frozen")
+    a("--lora_r", type=int, default=8, help="LoRA rank (paper: 8; the seed presets use 16)")
+    a("--lora_alpha", type=float, default=16, help="LoRA alpha (paper: 16; the seed presets use 32)")
+    a("--lora_dropout", type=float, default=0.0, help="LoRA dropout (the model runs in eval mode, so it is inactive)")
+    a("--lora_target_modules", default=None,
+      help=f"comma-separated module names; default: {LORA_DEFAULT_TARGETS} (OPT, Llama), {LORA_ROBERTA_TARGETS} (RoBERTa)")
+    a("--prefix_tuning", action="store_true", help="train per-layer key/value prefixes only")
+    a("--num_prefix", type=int, default=5, help="prefix length (virtual tokens)")
+    a("--prefix_init_by_real_act", dest="prefix_init_by_real_act", action="store_true", default=True,
+      help="initialise the prefixes with the keys/values of random vocabulary tokens (default)")
+    a("--prefix_random_init", dest="prefix_init_by_real_act", action="store_false",
+      help="initialise the prefixes from N(0, 1) instead")
+    a("--optimizer", choices=["adam", "sgd"], default="adam", help="--trainer ft: AdamW or SGD")
+    a("--warmup_steps", type=int, default=0, help="--trainer ft: linear warm-up steps")
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--max_grad_norm", type=float, default=0.0, help="--trainer ft: clip the gradient norm (0: off)")
+    a("--momentum", type=float, default=0.0, help="--trainer ft --optimizer sgd: momentum")
+    a("--lp_C", type=float, default=None,
+      help="--trainer linear_probe: inverse L2 strength; default: chosen by cross-validation (LogisticRegressionCV)")
+    a("--lp_max_iter", type=int, default=5000, help="--trainer linear_probe: solver iterations")
+
+
+def check_args(args, fail) -> None:
+    """Validation (fail(msg) exits with code 2)."""
+    if args.use_lora and args.prefix_tuning:
+        fail("--use_lora and --prefix_tuning cannot be combined")
+    if args.lora_r < 1:
+        fail(f"--lora_r must be >= 1 (got {args.lora_r})")
+    if not args.lora_alpha > 0:
+        fail(f"--lora_alpha must be > 0 (got {args.lora_alpha})")
+    if not 0 <= args.lora_dropout < 1:
+        fail(f"--lora_dropout must be in [0, 1) (got {args.lora_dropout})")
+    if args.lora_target_modules is not None and not [m for m in args.lora_target_modules.split(",") if m.strip()]:
+        fail("--lora_target_modules is empty")
+    if args.num_prefix < 1:
+        fail(f"--num_prefix must be >= 1 (got {args.num_prefix})")
+    if args.warmup_steps < 0:
+        fail(f"--warmup_steps must be >= 0 (got {args.warmup_steps})")
+    if args.trainer == "linear_probe" and (args.use_lora or args.prefix_tuning):
+        fail("--trainer linear_probe trains a classifier on frozen features: drop --use_lora/--prefix_tuning")
+    if args.trainer != "mezo" and getattr(args, "non_diff", False):
+        fail(f"--non_diff needs --trainer mezo (a non-differentiable objective; --trainer {args.trainer})")
+    if args.lp_C is not None and not args.lp_C > 0:
+        fail(f"--lp_C must be > 0 (got {args.lp_C})")
+    if getattr(args, "dtype", "fp32") == "fp16" and args.trainer == "ft":
+        fail("--trainer ft with --dtype fp16 needs loss scaling, which is not implemented: use bf16 or fp32")
+
+
+def mode_name(args) -> str:
+    trainer = getattr(args, "trainer", "mezo")
+    if trainer == "linear_probe":
+        return "linear_probe"
+    base = "ft" if trainer == "ft" else "mezo"
+    if getattr(args, "use_lora", False):
+        return base + "_lora"
+    if getattr(args, "prefix_tuning", False):
+        return base + "_prefix"
+    return base
+
+
+# ---------------------------------------------------------------------------------- LoRA
+def lora_targets(model: nn.Module, targets=None) -> list[str]:
+    """The module names to adapt: `targets` (comma-separated or a list), else the paper's q/v
+    projections under their name in this architecture."""
+    if targets:
+        return [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    for default in (LORA_DEFAULT_TARGETS, LORA_ROBERTA_TARGETS):
+        if set(default.split(",")) <= names:
+            return default.split(",")
+    raise ValueError("--lora_target_modules: no q_proj/v_proj or query/value modules in this model; name them")
+
+
+def is_masked_lm(model: nn.Module) -> bool:
+    return "MaskedLM" in type(model).__name__
+
+
+def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets=None,
+               dropout: float = 0.0, seed: int = 0) -> nn.Module:
+    """Inject LoRA adapters (before sharding) and freeze the base. Returns the inner model (the
+    original module with LoRA layers), the PeftModel being reachable through `peft_model_of`.
+    The adapters take the base's dtype (autocast_adapter_dtype=False): FSDP2 all-gathers a
+    block's parameters as one buffer, and the ZO engine keeps fp32 masters for bf16 anyway."""
+    from peft import LoraConfig, get_peft_model
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(model, targets),
+                     bias="none", task_type=None if is_masked_lm(model) else "CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # identical adapter init on every rank
+        peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=False)
+    inner = peft_model.get_base_model()
+    for n, p in inner.named_parameters():
+        p.requires_grad_("lora_" in n)
+    object.__setattr__(inner, "_mezo_peft_model", peft_model)  # not a submodule: no cycle
+    return inner
+
+
+def peft_model_of(model: nn.Module):
+    return model.__dict__.get("_mezo_peft_model")
+
+
+# ---------------------------------------------------------------------------------- prefix
+def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache]  # legacy tuples
+
+
+class PrefixLM(nn.Module):
+    """A causal or masked LM with trainable per-layer key/value prefixes (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.num_prefix = int(keys[0].shape[-2])
+        self.masked_lm = is_masked_lm(model)
+        self.prefix_keys = nn.ParameterList([nn.Parameter(k.detach().clone()) for k in keys])
+        self.prefix_values = nn.ParameterList([nn.Parameter(v.detach().clone()) for v in values])
+        self.config = model.config
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP2 block discovery
+        self._inner_accepts_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def prefix_cache(self, batch: int):
+        from transformers import DynamicCache
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(zip(self.prefix_keys, self.prefix_values)):
+            cache.update(k[None].expand(batch, -1, -1, -1), v[None].expand(batch, -1, -1, -1), i)
+        return cache
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, logits_to_keep=0, **kwargs):
+        B, T = input_ids.shape
+        P = self.num_prefix
+        dev = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones((B, T), dtype=torch.long, device=dev)
+        mask = torch.cat([torch.ones((B, P), dtype=attention_mask.dtype, device=dev), attention_mask], dim=1)
+        kwargs.pop("use_cache", None)
+        if self.masked_lm:  # RoBERTa's own positions (padding_idx + 1, ...), not shifted by the prefix
+            if position_ids is None:
+                pad = self.config.pad_token_id if self.config.pad_token_id is not None else 1
+                real = input_ids.ne(pad).long()
+                position_ids = real.cumsum(-1) * real + pad
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                              past_key_values=self.prefix_cache(B), **kwargs)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self._inner_accepts_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids + P,
+                          past_key_values=self.prefix_cache(B), use_cache=True, **kwargs)
+
+
+@torch.no_grad()
+def prefix_init(model: nn.Module, num_prefix: int, vocab_size: int, by_real_act: bool = True, seed: int = 0):
+    """Per-layer (keys, values), each [kv_heads, num_prefix, head_dim]: the keys/values of
+    num_prefix random vocabulary tokens (the reference's init_by_real_act), or N(0, 1).
+    The keys/values are read from a DynamicCache handed to the forward, which causal LMs and
+    the RoBERTa encoder both fill."""
+    from transformers import DynamicCache
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    ids = torch.randint(0, vocab_size, (1, num_prefix), generator=g).to(dev)
+    cache = DynamicCache(config=model.config)
+    kw = {} if is_masked_lm(model) else {"use_cache": True}
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, **kw)
+    layers = _cache_layers(cache)
+    if len(layers) != model.config.num_hidden_layers or layers[0][0].shape[-2] != num_prefix:
+        raise ValueError(f"prefix tuning: {type(model).__name__} did not fill the key/value cache")
+    keys = [k[0].detach().clone() for k, _ in layers]
+    values = [v[0].detach().clone() for _, v in layers]
+    if not by_real_act:
+        keys = [torch.randn(k.shape, generator=g).to(k) for k in keys]
+        values = [torch.randn(v.shape, generator=g).to(v) for v in values]
+    return keys, values
+
+
+def apply_prefix(model: nn.Module, num_prefix: int = 5, vocab_size: int | None = None, by_real_act: bool = True,
+                 seed: int = 0) -> PrefixLM:
+    """Wrap `model` (before sharding) with trainable prefixes; the base is frozen."""
+    vocab_size = vocab_size or model.config.vocab_size
+    keys, values = prefix_init(model, num_prefix, vocab_size, by_real_act, seed)
+    model.requires_grad_(False)
+    return PrefixLM(model, keys, values)
+
+
+def load_prefix(model: nn.Module, path: str) -> PrefixLM:
+    """Wrap a (fresh) base model with the prefixes saved in `path` by `save_prefix`."""
+    from safetensors.torch import load_file
+    with open(os.path.join(path, PREFIX_CONFIG)) as f:
+        cfg = json.load(f)
+    sd = load_file(os.path.join(path, PREFIX_WEIGHTS))
+    n = cfg["num_layers"]
+    dtype = next(model.parameters()).dtype
+    keys = [sd[f"prefix_keys.{i}"].to(dtype) for i in range(n)]
+    values = [sd[f"prefix_values.{i}"].to(dtype) for i in range(n)]
+    model.requires_grad_(False)
+    return PrefixLM(model, keys, values).to(next(model.parameters()).device)
+
+
+# ---------------------------------------------------------------------------------- set-up and saving
+def prepare(args, model: nn.Module, tokenizer=None) -> nn.Module:
+    """Apply the mode's adapters to a freshly loaded (unsharded) model. Returns the module the
+    loop trains and evaluates; its parameters that require grad are exactly the trainable ones."""
+    if getattr(args, "use_lora", False):
+        return apply_lora(model, args.lora_r, args.lora_alpha, args.lora_target_modules, args.lora_dropout,
+                          seed=args.seed)
+    if getattr(args, "prefix_tuning", False):
+        vocab = min(len(tokenizer), model.config.vocab_size) if tokenizer is not None else None
+        return apply_prefix(model, args.num_prefix, vocab, args.prefix_init_by_real_act, seed=args.seed)
+    if getattr(args, "trainer", "mezo") == "linear_probe":
+        model.requires_grad_(False)
+    return model
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def full_tensors(named) -> dict[str, torch.Tensor]:
+    """{name: full CPU tensor}; under FSDP2 every rank must call this (it all-gathers)."""
+    out = {}
+    for n, p in named:
+        t = p.detach()
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        out[n] = t.cpu().clone().contiguous()
+    return out
+
+
+def save_lora(model: nn.Module, out_dir: str, main: bool) -> None:
+    peft_model = peft_model_of(model)
+    sd = full_tensors((n, p) for n, p in peft_model.named_parameters() if "lora_" in n)
+    if main:
+        peft_model.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
+
+
+def save_prefix(model: PrefixLM, out_dir: str, main: bool, base_model: str | None = None) -> None:
+    from safetensors.torch import save_file
+    sd = full_tensors((n, p) for n, p in model.named_parameters() if n.startswith("prefix_"))
+    if main:
+        os.makedirs(out_dir, exist_ok=True)
+        save_file(sd, os.path.join(out_dir, PREFIX_WEIGHTS))
+        with open(os.path.join(out_dir, PREFIX_CONFIG), "w") as f:
+            json.dump({"num_prefix": model.num_prefix, "num_layers": len(model.prefix_keys),
+                       "base_model": base_model, "loader": "mezo.peft_modes.load_prefix"}, f, indent=2)
+
+
+def save(args, model: nn.Module, tokenizer, main: bool) -> None:
+    """LoRA: adapter files in --output_dir; prefix: prefix files in --output_dir (always, they are
+    small); full fine-tuning: with --save_model, the full model in <output_dir>/model."""
+    from mezo import models
+    if getattr(args, "use_lora", False):
+        save_lora(model, args.output_dir, main)
+    elif getattr(args, "prefix_tuning", False):
+        save_prefix(model, args.output_dir, main, args.model_name)
+    elif args.save_model:
+        models.save_full(model, tokenizer, os.path.join(args.output_dir, "model"), main)

@@ -55,6 +55,10 @@ def barrier():
         dist.barrier()
 
 
-def shutdown():
+def shutdown(clean: bool = False):
+    """Tear down the process group. After a successful run, wait for every rank first: a rank
+    that destroys its group while a peer still talks to it can abort at exit (gloo)."""
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

@@ -221,12 +221,14 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = config.parse(argv, D.world_size())
+    clean = False
     try:
         run(args)
+        clean = True
     except checkpoint.StopRun as e:  # preempted (75), non-finite step (3), unloadable checkpoint (2)
         return checkpoint.report(e)
     finally:
-        D.shutdown()
+        D.shutdown(clean)
     return 0
 
 

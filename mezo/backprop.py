@@ -43,19 +43,6 @@ def make_optimizer(args, model):
                              eps=args.adam_epsilon)
 
 
-def finish(args, model, tok, metrics, main: bool) -> dict:
-    """Save (adapters / prefixes / --save_model), write the final record, print the result."""
-    peft_modes.save(args, model, tok, main)
-    evals = metrics.data["evals"]
-    best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
-    metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
-                             "best_dev_step": best["step"] if best else None}
-    metrics.save("completed")
-    if main and evals:
-        print(f"final test accuracy: {evals[-1]['test']['accuracy']:.4f}", flush=True)
-    return metrics.data
-
-
 def loss_kind(args) -> str:
     """The task's differentiable training loss: "classification" or "lm" (--non_diff is MeZO only)."""
     from mezo.tasks import get_task
@@ -117,4 +104,5 @@ def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
         bar.close()
     if main:
         log.info("mean loss over the last steps %.4f", float(np.mean([s["loss"] for s in metrics.data["steps"][-10:]])))
+    from mezo.train import finish  # shared with the MeZO loop (train imports this module lazily)
     return finish(args, model, tok, metrics, main)

@@ -122,9 +122,10 @@ def _vec(v, dtype, device) -> torch.Tensor:
 
 
 def triton_sweep(x, out, start, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, rounding,
-                 restore: bool, n_update: int, perturb: bool, write_out: bool):
+                 restore: bool, n_update: int, perturb: bool, write_out: bool, share_z: bool = False):
     """Drop-in for `zo._sweep_kernel` (same arguments; scalars may be Python numbers or
-    0-d tensors, keys tuples of 4 int32 or int32 tensors, ku shaped (n_update, 4))."""
+    0-d tensors, keys tuples of 4 int32 or int32 tensors, ku shaped (n_update, 4)). share_z is
+    accepted for the same signature; this kernel regenerates z (cheap next to memory traffic on a GPU)."""
     n = x.numel()
     if n == 0 or not (restore or n_update or perturb or write_out):
         return  # nothing to do (the eager kernel writes nothing either)

@@ -98,6 +98,20 @@ def experiment_config(args, model, world: int, device) -> dict:
             "command": " ".join(sys.argv)}
 
 
+def finish(args, model, tok, metrics, main: bool) -> dict:
+    """Save (adapters / prefixes / --save_model: the full model), write the final record (last
+    evaluation, best dev step), print the result. Shared by every trainer."""
+    peft_modes.save(args, model, tok, main)
+    evals = metrics.data["evals"]
+    best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
+    metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
+                             "best_dev_step": best["step"] if best else None}
+    metrics.save("completed")
+    if main and evals:
+        print(f"final test {headline(evals[-1]['test'])}", flush=True)
+    return metrics.data
+
+
 def run(args) -> dict:
     device = D.init()
     world, main = D.world_size(), D.is_main()
@@ -200,15 +214,7 @@ def run(args) -> dict:
         session.finish(engine)  # final checkpoint
         if bar:
             bar.close()
-        peft_modes.save(args, model, tok, main)  # adapters / prefixes; --save_model: the full model
-        evals = metrics.data["evals"]
-        best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
-        metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
-                                 "best_dev_step": best["step"] if best else None}
-        metrics.save("completed")
-        if main and evals:
-            print(f"final test {headline(evals[-1]['test'])}", flush=True)
-        return metrics.data
+        return finish(args, model, tok, metrics, main)
     except BaseException as e:
         if bar:
             bar.close()

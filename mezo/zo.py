@@ -64,7 +64,7 @@ def local_view(param: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _sweep_kernel(x, out, idx0, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, rounding,
-                  restore: bool, n_update: int, perturb: bool, write_out: bool):
+                  restore: bool, n_update: int, perturb: bool, write_out: bool, share_z: bool = False):
     """x: state (param shard or fp32 master), updated in place; out: param shard (master mode).
 
     x <- x + ar * z(kr)                                    if restore
@@ -72,6 +72,8 @@ def _sweep_kernel(x, out, idx0, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, roundin
     master mode:  out <- cast(x + bp * z(kp))   (or cast(x) without perturb)
     in place:     x <- x + bp * z(kp)                       if perturb
     Each step is rounded to x's dtype when x is not fp32 (`rounding`), as separate sweeps would.
+    share_z: the restore and the first update use the same seed (the fused schedule, n = 1), so
+    z is generated once for both: the same values, one z evaluation fewer per element.
     """
     idx = torch.arange(x.numel(), dtype=torch.int32, device=x.device) + idx0
     v = x.float()
@@ -79,10 +81,12 @@ def _sweep_kernel(x, out, idx0, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, roundin
     def rnd(t):
         return t.to(x.dtype).float() if rounding else t
 
+    zr = None
     if restore:
-        v = rnd(v + ar * noise.z_from_index(idx, kr, dist))
+        zr = noise.z_from_index(idx, kr, dist)
+        v = rnd(v + ar * zr)
     if n_update:
-        s = cu[0] * noise.z_from_index(idx, ku[0], dist)
+        s = cu[0] * (zr if share_z and zr is not None else noise.z_from_index(idx, ku[0], dist))
         for j in range(1, n_update):
             s = s + cu[j] * noise.z_from_index(idx, ku[j], dist)
         v = rnd(v - lr * (s + wd * v))
@@ -179,6 +183,7 @@ class ZOEngine:
         ar = f32(restore[1] if restore else 0.0)
         bp = f32(perturb[1] if perturb else 0.0)
         wd_on, wd_off = f32(update[3] if update else 0.0), f32(0.0)
+        share_z = bool(restore and n_update and restore[0] == update[0][0])
         for slot in self.slots:
             keys = lambda seed: torch.tensor(noise.keys(seed, slot.name), dtype=torch.int32, device=dev)  # noqa: E731
             kr = keys(restore[0]) if restore else zero_k
@@ -193,7 +198,8 @@ class ZOEngine:
                        torch.tensor(slot.start + c0, dtype=torch.int32, device=dev),
                        kr, ar, ku, cu, lr, wd_on if slot.decay else wd_off, kp, bp,
                        dist=self.dist, rounding=rounding, restore=restore is not None,
-                       n_update=n_update, perturb=perturb is not None, write_out=out is not None)
+                       n_update=n_update, perturb=perturb is not None, write_out=out is not None,
+                       share_z=share_z)
 
     # ------------------------------------------------------------------ MeZO operations
     def displace(self, seed: int, d: float):

@@ -3,7 +3,11 @@
 or `accelerate launch accelerate_mezo.py`. `--help` lists the flags; the loop is mezo/train.py."""
 import sys
 
+from mezo import distributed
 from mezo.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if distributed.launched_distributed():  # torchrun / accelerate launch worker
+        distributed.exit_process(code)
+    sys.exit(code)

@@ -3,6 +3,7 @@ accelerate launch: all three set, or leave unset, RANK / WORLD_SIZE / LOCAL_RANK
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -62,3 +63,15 @@ def shutdown(clean: bool = False):
         if clean:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """Exit a torchrun worker without running C++ static destructors: with gloo, a background
+    thread still joinable at interpreter teardown aborts the process ("terminate called without
+    an active exception", exit -6) after all work is done, and torchrun then fails the job.
+    Everything is written and flushed by now (JSON outputs are atomic), so skip the teardown."""
+    import logging
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

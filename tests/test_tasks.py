@@ -1,6 +1,6 @@
 """Task layer: templates rendered on real rows, sampling sizes, ICL, LM-BFF k-shot data.
 
-Data: $MEZO_DATA_DIR, else the `shared/data` folder found walking up from the repository.
+Data: $MEZO_DATA_DIR or ../shared/data when present, else the real rows copied into tests/data.
 """
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ from mezo.tasks import (MLM_TASKS, TASKS, Sample, demo_sets, find_data_dir, get_
                         kshot_splits, kshot_test, left_truncate, load_kshot, make_splits)
 from mezo.tasks.mlm import kshot_rows
 
-DATA = find_data_dir(os.path.dirname(os.path.abspath(__file__)))
-needs_data = pytest.mark.skipif(DATA is None, reason="no shared/data found and MEZO_DATA_DIR unset")
+# $MEZO_DATA_DIR or the full shared/data when present, else the real rows copied into tests/data
+# (tests/data/make_test_data.py): templates, ICL and metrics run on either. A few tests check
+# sampling sizes and the LM-BFF k-shot files against the full splits; they need the full copy.
+LOCAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+FULL = find_data_dir(os.path.dirname(os.path.abspath(__file__)))
+DATA = FULL or LOCAL
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="tests/data missing and MEZO_DATA_DIR unset")
+needs_full_data = pytest.mark.skipif(FULL is None, reason="needs the full ../shared/data (or MEZO_DATA_DIR)")
 
 
 def rows(task, split):
@@ -93,14 +99,16 @@ def test_cb():
 
 
 @needs_data
-def test_boolq():
+def test_boolq(tmp_path):
     t, row = first("BoolQ")
     s = t.sample(row)
     assert s.prompt == row["passage"] + " Does ethanol take more energy make that produces?\n"
     assert s.prompt.startswith("All biomass goes through at least some of these steps:")
     assert s.candidates == ["Yes", "No"] and s.label == 1   # answer false -> "No"
+    os.makedirs(tmp_path / "boolq")  # like ../shared/data: validation only
+    (tmp_path / "boolq" / "validation.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(FileNotFoundError, match="no BoolQ train"):
-        t.load_split("train", DATA)
+        t.load_split("train", str(tmp_path))
 
 
 @needs_data
@@ -194,7 +202,7 @@ def test_drop_data_absent():
 
 
 # ------------------------------------------------------------------------------ sampling
-@needs_data
+@needs_full_data
 @pytest.mark.parametrize("name,sizes", [("SST2", (1000, 500, 872)), ("RTE", (1000, 500, 277)),
                                         ("CB", (150, 100, 56)), ("Copa", (300, 100, 100))])
 def test_sampling_sizes(name, sizes):
@@ -272,7 +280,7 @@ def test_mlm_render(name, split, prompt, cands, label):
     assert t.kind == "classification" and t.train_loss == "classification"
 
 
-@needs_data
+@needs_full_data
 @pytest.mark.parametrize("name,k,n_cls", [("SST-5", 16, 5), ("TREC", 16, 6), ("SNLI", 16, 3),
                                           ("RTE", 16, 2), ("SST-2", 512, 2)])
 def test_kshot_counts(name, k, n_cls):
@@ -284,7 +292,7 @@ def test_kshot_counts(name, k, n_cls):
     assert not {id(s.data) for s in sp.train} & {id(s.data) for s in sp.dev}
 
 
-@needs_data
+@needs_full_data
 @pytest.mark.parametrize("seed", [13, 21, 42, 87, 100])
 def test_kshot_reproduces_lmbff_files(seed):
     trec = get_task("TREC", family="mlm")   # same source order as LM-BFF: the files exactly
@@ -298,7 +306,7 @@ def test_kshot_reproduces_lmbff_files(seed):
     assert [r["idx"] for r in tr + dv] == [r["idx"] for r in f["train"] + f["dev"]]
 
 
-@needs_data
+@needs_full_data
 def test_load_kshot_formats_and_trec_remap():
     trec = get_task("TREC", family="mlm")
     f = load_kshot(trec, DATA, 16, 13)
@@ -322,7 +330,7 @@ def test_load_kshot_formats_and_trec_remap():
     assert sorted({r["label"] for r in snli["train"]}) == [0, 1, 2]
 
 
-@needs_data
+@needs_full_data
 def test_kshot_test_1k():
     pd = pytest.importorskip("pandas")
     t = get_task("SST-5", family="mlm")

@@ -214,6 +214,19 @@ def test_sampling_sizes(name, sizes):
 
 
 @needs_data
+@pytest.mark.parametrize("name,default_dev", [("SST2", 500), ("CB", 100), ("Copa", 100)])
+def test_sampling_sizes_and_dev_defaults_on_any_copy(name, default_dev):
+    """The same rules on however many rows the copy has: train and dev cut from one permutation
+    of train, test capped; the default dev size is the reference's (100 for CB and Copa)."""
+    t = get_task(name)
+    assert t.num_dev == default_dev
+    tr, ev = rows(t, "train"), rows(t, "validation")
+    sp = make_splits(t, tr, ev, num_train=10, num_dev=5, num_eval=7, train_set_seed=0)
+    assert (len(sp.train), len(sp.dev), len(sp.test)) == (10, 5, min(7, len(ev)))
+    assert not {id(s.data) for s in sp.train} & {id(s.data) for s in sp.dev}
+
+
+@needs_data
 def test_sampling_seeds_like_reference():
     import numpy as np
     t = get_task("RTE")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mezo import distributed as D
-from mezo.scoring import _accepts
+from mezo.scoring import _right_pad, causal_inputs
 from mezo.telemetry import log
 
 
@@ -37,29 +37,14 @@ def features(model, enc, samples, batch_size: int) -> np.ndarray:
         rows = [i for i in (mine or [0])]
         if mlm:  # right-padded, the hidden state at each prompt's mask position
             encs = [enc.encode(samples[i]) for i in rows]
-            T = max(len(e.prompt) for e in encs)
-            ids = torch.full((len(encs), T), enc.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(encs), T), dtype=torch.long)
-            for i, e in enumerate(encs):
-                ids[i, :len(e.prompt)] = torch.tensor(e.prompt)
-                mask[i, :len(e.prompt)] = 1
+            ids, mask = _right_pad([e.prompt for e in encs], enc.pad_id)
             out_h = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             pos = torch.tensor([e.mask_pos for e in encs])
             h = out_h.hidden_states[-1][torch.arange(len(encs)), pos.to(device)].double().cpu()
         else:  # left-padded, the hidden state at each prompt's last token
             seqs = [enc(samples[i])[0] for i in rows]
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), enc.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), T), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, T - len(s):] = torch.tensor(s)
-                mask[i, T - len(s):] = 1
-            kw = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "output_hidden_states": True}
-            if _accepts(model, "position_ids"):
-                kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-            if _accepts(model, "logits_to_keep"):
-                kw["logits_to_keep"] = 1
-            h = model(**kw).hidden_states[-1][:, -1].double().cpu()
+            out_h = model(**causal_inputs(model, seqs, enc.pad_id, keep=1), output_hidden_states=True)
+            h = out_h.hidden_states[-1][:, -1].double().cpu()
         if out is None:
             out = torch.zeros((len(samples), h.shape[-1]), dtype=torch.float64)
         for j, i in enumerate(mine):

@@ -116,18 +116,29 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, T] of `seqs` padded on the left (causal LMs) or right (MLMs)."""
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, T - len(s):] = torch.tensor(s)
-        mask[i, T - len(s):] = 1
+        span = slice(T - len(s), T) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s)
+        mask[i, span] = 1
     return ids, mask
 
 
-def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.Tensor:
-    """Log-probabilities [B, keep, V] at the last `keep` positions of left-padded `seqs`."""
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pad(seqs, pad_id, left=True)
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pad(seqs, pad_id, left=False)
+
+
+def causal_inputs(model, seqs: list[list[int]], pad_id: int, keep: int) -> dict:
+    """Forward kwargs for left-padded `seqs`: position ids that skip the padding, and only the
+    last `keep` positions through the LM head where the model supports it."""
     device = next(model.parameters()).device
     ids, mask = _left_pad(seqs, pad_id)
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
@@ -135,7 +146,12 @@ def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:].float()
+    return kwargs
+
+
+def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.Tensor:
+    """Log-probabilities [B, keep, V] at the last `keep` positions of left-padded `seqs`."""
+    logits = model(**causal_inputs(model, seqs, pad_id, keep)).logits[:, -keep:].float()
     return F.log_softmax(logits, dim=-1)
 
 
@@ -176,12 +192,7 @@ def mask_logits(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor
     only the mask positions go through the MLM head when the model exposes base + lm_head)."""
     encoded = [enc.encode(s) for s in samples]
     device = next(model.parameters()).device
-    T = max(len(e.prompt) for e in encoded)
-    ids = torch.full((len(encoded), T), enc.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), T), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, :len(e.prompt)] = torch.tensor(e.prompt)
-        mask[i, :len(e.prompt)] = 1
+    ids, mask = _right_pad([e.prompt for e in encoded], enc.pad_id)
     ids, mask = ids.to(device), mask.to(device)
     rows = torch.arange(len(encoded), device=device)
     pos = torch.tensor([e.mask_pos for e in encoded], device=device)

@@ -185,7 +185,6 @@ def run(args) -> dict:
         session.attach(engine)  # master shards from the checkpoint, or replay of --resume_trajectory
         stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed)
         loss_at = make_loss_fn(model, enc, splits.train, stream, loss_kind(args, task))
-        bar = None
         if main:
             from tqdm.auto import tqdm
             bar = tqdm(total=args.max_steps, initial=start, desc="MeZO", dynamic_ncols=True)

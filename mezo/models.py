@@ -42,9 +42,27 @@ def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.devic
     tok = AutoTokenizer.from_pretrained(path, **kw)
     auto = AutoModelForMaskedLM if family == "mlm" else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    if gguf:
+        _unquantize(model, path, gguf)
     model.to(device).eval()
     model.requires_grad_(True)
     return model, tok
+
+
+def _unquantize(model: nn.Module, path: str, gguf: str) -> None:
+    """transformers dequantises a GGUF file into plain tensors but keeps its GGUF quantizer on
+    the model, which makes save_pretrained refuse; drop it, so the fine-tuned model saves as
+    an ordinary safetensors checkpoint. Weights left packed in GGUF blocks (a newer loader)
+    are not tensors MeZO can perturb: refuse those."""
+    q = getattr(model, "hf_quantizer", None)
+    if q is None:
+        return
+    if getattr(q, "packed_modules", None):
+        raise ValueError(f"{os.path.join(path, gguf)}: this transformers keeps the GGUF weights packed "
+                         f"({len(q.packed_modules)} modules); MeZO needs them dequantised to a float dtype")
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

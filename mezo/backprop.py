@@ -23,20 +23,11 @@ import torch
 
 from mezo import distributed as D, peft_modes
 from mezo.batches import BatchStream, global_mean
+from mezo.results import finish
+from mezo.schedule import warmup_lr_at
 from mezo.scoring import example_losses, loss_weight
 from mezo.telemetry import log
 from mezo.zo import no_decay
-
-
-def lr_at(args, step: int) -> float:
-    """transformers' get_linear_schedule_with_warmup / get_constant_schedule_with_warmup:
-    lr * step / warmup during warm-up, then constant or linear decay to 0 at max_steps."""
-    w = args.warmup_steps
-    if step < w:
-        return args.learning_rate * step / max(1, w)
-    if args.lr_scheduler_type == "linear":
-        return args.learning_rate * max(0.0, (args.max_steps - step) / max(1, args.max_steps - w))
-    return args.learning_rate
 
 
 def make_optimizer(args, model):
@@ -75,7 +66,7 @@ def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
         bar = tqdm(total=args.max_steps, desc="FT", dynamic_ncols=True)
     for step in range(args.max_steps):
         t0 = time.time()
-        lr = lr_at(args, step)
+        lr = warmup_lr_at(args, step)
         for g in opt.param_groups:
             g["lr"] = lr
         # the objective is the mean over the whole step (all micro-batches and ranks) per sample,
@@ -113,7 +104,6 @@ def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
         bar.close()
     if main:
         log.info("mean loss over the last steps %.4f", float(np.mean([s["loss"] for s in metrics.data["steps"][-10:]])))
-    from mezo.train import finish  # shared with the MeZO loop (train imports this module lazily)
     return finish(args, model, tok, metrics, main)
 
 

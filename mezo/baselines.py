@@ -12,12 +12,12 @@ import json
 import os
 
 from mezo.evaluation import evaluate
+from mezo.results import headline
 from mezo.splits import icl_samples
 from mezo.telemetry import log
 
 
 def run_baseline(args, task, model, enc, splits, train_rows, metrics, main: bool) -> dict:
-    from mezo.train import headline
     name = "icl" if args.icl else "zero_shot"
     test = splits.test
     if args.icl:

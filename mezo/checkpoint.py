@@ -40,6 +40,7 @@ import torch
 
 from mezo import distributed as D
 from mezo import trajectory as T
+from mezo.schedule import lr_at, step_seed
 from mezo.telemetry import log, write_json
 
 EXIT_BAD_INPUT = 2
@@ -380,7 +381,7 @@ class Session:
         self.engine = engine
         if self.args.resume_ckpt_path and engine.master_weights:
             self._load({"master": _master_state(engine, self.model)}, self.args.resume_ckpt_path)
-            engine._write_master()
+            engine.write_master()
         if self._entries is not None:
             t0 = time.time()
             T.replay(engine, self._entries)
@@ -466,7 +467,7 @@ class Session:
             grads[0] = math.nan
         if all(math.isfinite(v) for v in [*grads, *(x for pair in losses for x in pair)]):
             return False
-        engine._pending = None  # drop the scheduled update; the perturbation is still undone
+        engine.drop_update()
         lp, lm = losses[0]
         what = f"step {step + 1}: non-finite loss or projected gradient (L+={lp}, L-={lm}, g={grads})"
         if self.args.skip_nonfinite:
@@ -521,7 +522,6 @@ class Session:
             sd["master"] = _master_state(engine, self.model)
         dcp.save(sd, checkpoint_id=tmp)
         if self.main:
-            from mezo.train import lr_at, step_seed
             per_step = a.batch_size * a.gradient_accumulation_steps
             write_json(os.path.join(tmp, "state.json"), {
                 "step": step, "seed": a.seed, "skipped_nonfinite": self.skipped,
@@ -530,7 +530,7 @@ class Session:
                                   "data_seed": a.seed},
                 # directions need no RNG state: step_seed(seed, step, j, n) is counter-based; the global
                 # torch generator (restored on resume) is saved for anything else that draws from it
-                "rng": {"seed": a.seed, "direction_seeds": "mezo.train.step_seed(seed, step, j, n)",
+                "rng": {"seed": a.seed, "direction_seeds": "mezo.schedule.step_seed(seed, step, j, n)",
                         "next_seeds": [step_seed(a.seed, step, j, a.zo_num_samples) for j in range(a.zo_num_samples)],
                         "torch_cpu_state": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()},
                 "scheduler": {"type": a.lr_scheduler_type, "learning_rate": a.learning_rate,

@@ -2,7 +2,6 @@
 MeZO steps with periodic dev/test evaluation -> final evaluation, all logged to --output_dir."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -12,33 +11,15 @@ import numpy as np
 import torch
 
 from mezo import checkpoint, config, distributed as D, models, peft_modes, telemetry
-from mezo.evaluation import evaluate
 from mezo.batches import BatchStream, make_loss_fn
+from mezo.evaluation import evaluate
+from mezo.results import finish, headline
+from mezo.schedule import lr_at, step_seed
 from mezo.scoring import make_encoder
 from mezo.splits import build_splits
 from mezo.tasks import get_task
 from mezo.telemetry import log
 from mezo.zo import ZOEngine
-
-
-def step_seed(base: int, step: int, j: int = 0, n: int = 1) -> int:
-    """The seed of direction j at `step`: a pure function of (--seed, step), so a run can be
-    replayed or resumed from the step number alone."""
-    return (int(base) << 32) | (step * n + j)
-
-
-def headline(m: dict) -> str:
-    """"accuracy: 0.8125" / "f1: 0.4210 (em 0.3000)": the first key is the task's metric."""
-    if not m:
-        return "n/a"
-    (k, v), rest = next(iter(m.items())), list(m.items())[1:]
-    return f"{k}: {v:.4f}" + (f" ({', '.join(f'{a} {b:.4f}' for a, b in rest)})" if rest else "")
-
-
-def lr_at(args, step: int) -> float:
-    if args.lr_scheduler_type == "linear":
-        return args.learning_rate * max(0.0, 1.0 - step / args.max_steps)
-    return args.learning_rate
 
 
 def loss_kind(args, task) -> str:
@@ -58,20 +39,6 @@ def experiment_config(args, model, world: int, device) -> dict:
             "world_size": world, "device": f"{device} {name}", "dtype": args.dtype,
             "master_weights": args.use_master, "num_params": total, "num_trainable_params": trainable,
             "command": " ".join(sys.argv)}
-
-
-def finish(args, model, tok, metrics, main: bool) -> dict:
-    """Save (adapters / prefixes / --save_model: the full model), write the final record (last
-    evaluation, best dev step), print the result. Shared by every trainer."""
-    peft_modes.save(args, model, tok, main)
-    evals = metrics.data["evals"]
-    best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
-    metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
-                             "best_dev_step": best["step"] if best else None}
-    metrics.save("completed")
-    if main and evals:
-        print(f"final test {headline(evals[-1]['test'])}", flush=True)
-    return metrics.data
 
 
 def run(args) -> dict:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mezo.schedule import lr_at, step_seed
+
 FORMAT = "mezo-trajectory"
 VERSION = 1
 MAGIC = b"MEZOTRJ1"
@@ -163,7 +165,6 @@ def read(path: str, allow_truncated: bool = False) -> tuple[dict, list[Entry], l
 
 
 def _read_binary(path: str, data: bytes) -> tuple[dict, list[Entry]]:
-    from mezo.train import step_seed
     try:
         (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
         header = json.loads(data[len(MAGIC) + 4: len(MAGIC) + 4 + hlen])
@@ -189,7 +190,6 @@ def _read_binary(path: str, data: bytes) -> tuple[dict, list[Entry]]:
 def _lr(header: dict, step: int) -> float:
     from argparse import Namespace
 
-    from mezo.train import lr_at
     return lr_at(Namespace(lr_scheduler_type=header["lr_scheduler_type"], learning_rate=header["learning_rate"],
                            max_steps=header["max_steps"]), step)
 
@@ -197,7 +197,6 @@ def _lr(header: dict, step: int) -> float:
 def to_binary(header: dict, entries: list[Entry]) -> bytes:
     """The compact form. Refuses a trajectory whose seeds / lr / eps / wd are not the pure
     functions of the header that the compact form assumes."""
-    from mezo.train import step_seed
     n = int(header["zo_num_samples"])
     out = np.empty((len(entries), n), dtype="<f4")
     for i, e in enumerate(entries):
@@ -224,7 +223,7 @@ def replay(engine, entries: list[Entry]) -> None:
                 engine.displace(s, +e.eps)
                 engine.displace(s, -e.eps)
         if not e.skipped:
-            engine._pending = (list(e.seeds), [float(c) for c in e.coefs], float(e.lr), float(e.wd))
+            engine.schedule_coefficients(e.seeds, e.coefs, e.lr, e.wd)
             if engine.master_weights or not engine.fused:
                 engine.flush()
     engine.flush()
@@ -234,7 +233,6 @@ def synthetic(path: str, steps: int = 20000, n: int = 1, seed: int = 42) -> int:
     """Write a `steps`-line trajectory with the real writer (random gradients); returns its size."""
     from argparse import Namespace
 
-    from mezo.train import lr_at, step_seed
     args = Namespace(model_name="facebook/opt-13b", gguf_file=None, dtype="fp16", use_master=True, zo_dist="gaussian",
                      zo_backend="compile", no_fuse=False, seed=seed, zo_eps=1e-3, zo_num_samples=n, weight_decay=0.0,
                      learning_rate=1e-7, lr_scheduler_type="constant", max_steps=steps, task_name="SST2",

@@ -230,9 +230,19 @@ class ZOEngine:
     def schedule_update(self, seeds: list[int], grads: list[float], lr: float, wd: float):
         """theta <- theta - lr * (mean_j g_j z(s_j) + wd * theta), applied lazily (fused)."""
         n = len(seeds)
-        self._pending = (list(seeds), [g / n for g in grads], float(lr), float(wd))
+        self.schedule_coefficients(seeds, [g / n for g in grads], lr, wd)
         if not self.fused:
             self.flush()
+
+    def schedule_coefficients(self, seeds: list[int], coefs: list[float], lr: float, wd: float):
+        """theta <- theta - lr * (sum_j coefs_j z(s_j) + wd * theta), applied with the next sweep;
+        coefs are the projected gradients already divided by their number (what a trajectory
+        stores), so a replay applies the very floats training did."""
+        self._pending = (list(seeds), [float(c) for c in coefs], float(lr), float(wd))
+
+    def drop_update(self):
+        """Forget the scheduled update (a non-finite step); a perturbation is still undone."""
+        self._pending = None
 
     def flush(self):
         """Apply everything pending and leave the parameters at exactly theta (before eval/save)."""
@@ -243,7 +253,7 @@ class ZOEngine:
             return
         upd, self._pending = self._pending, None
         if self.master_weights:
-            self._sweep(update=upd, perturb=None) if upd else self._write_master()
+            self._sweep(update=upd, perturb=None) if upd else self.write_master()
         elif self.fused:
             self._sweep(restore=restore, update=upd)
         else:
@@ -253,7 +263,8 @@ class ZOEngine:
                 self._sweep(update=upd)
         self._offset = None
 
-    def _write_master(self):
+    def write_master(self):
+        """Parameters <- cast(master) (after the masters were loaded from a checkpoint)."""
         for slot in self.slots:
             slot.local.copy_(slot.master.to(slot.local.dtype))
 

@@ -82,7 +82,7 @@ def test_checkpoint_layout(ref1):
     assert m["complete"] and m["step"] == 3 and m["world_size"] == 1 and m["seed"] == 42
     st = json.load(open(ck / "step_3" / "state.json"))
     assert st["data_position"]["step"] == 3 and st["scheduler"]["type"] == "constant"
-    from mezo.train import step_seed
+    from mezo.schedule import step_seed
     assert st["rng"]["seed"] == 42 and st["rng"]["next_seeds"] == [step_seed(42, 3)] and st["rng"]["torch_cpu_state"]
     assert len(st["metrics"]["steps"]) == 3 and st["metrics"]["evals"][0]["step"] == 3
     assert os.path.exists(ck / "step_3" / ".metadata")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """MeZO fine-tuning: `python accelerate_mezo.py`, `torchrun --nproc_per_node N accelerate_mezo.py`
-or `accelerate launch accelerate_mezo.py`. `--help` lists the flags; the loop is mezo/train.py."""
+or `accelerate launch accelerate_mezo.py`. `--help` lists the flags; a run is mezo/train.py, the MeZO loop mezo/zo_trainer.py."""
 import sys
 
 from mezo import distributed

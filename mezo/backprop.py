@@ -50,7 +50,10 @@ def loss_kind(args) -> str:
                    "classification")
 
 
-def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
+def train(run) -> dict:
+    """The backprop trainer over a mezo.context.Run."""
+    args, model, tok, enc, splits, metrics, main = run.args, run.model, run.tok, run.enc, run.splits, run.metrics, run.main
+    run.zero_shot()
     kind = loss_kind(args)
     opt = make_optimizer(args, model)
     params = [p for _, p in peft_modes.trainable(model)]
@@ -99,7 +102,7 @@ def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
         if (step + 1) % args.eval_steps == 0 or step + 1 == args.max_steps:
-            metrics.eval(run_eval(step + 1))
+            metrics.eval(run.evaluate(step + 1))
     if bar:
         bar.close()
     if main:

@@ -17,7 +17,10 @@ from mezo.splits import icl_samples
 from mezo.telemetry import log
 
 
-def run_baseline(args, task, model, enc, splits, train_rows, metrics, main: bool) -> dict:
+def train(run) -> dict:
+    """--zero_shot / --icl over a mezo.context.Run: evaluate, write the logs and predictions."""
+    args, task, model, enc, splits, train_rows, metrics, main = (run.args, run.task, run.model, run.enc, run.splits,
+                                                                 run.train_rows, run.metrics, run.main)
     name = "icl" if args.icl else "zero_shot"
     test = splits.test
     if args.icl:

@@ -303,7 +303,7 @@ def _fsync_dir(path: str):
 
 
 class Session:
-    """The training loop's checkpoint / resume / trajectory / fault handling (see train.run)."""
+    """The training loop's checkpoint / resume / trajectory / fault handling (see mezo/zo_trainer.py)."""
 
     def __init__(self, args, model, metrics):
         self.args, self.model, self.metrics = args, model, metrics

@@ -69,7 +69,10 @@ def accuracy(clf, X, samples) -> dict:
     return {"accuracy": float(np.mean([int(p) in s.gold_ids for p, s in zip(pred, samples)]))}
 
 
-def run(args, model, tok, enc, splits, metrics, run_eval, main: bool) -> dict:
+def train(run) -> dict:
+    """The linear-probe trainer over a mezo.context.Run."""
+    args, model, enc, splits, metrics, main = run.args, run.model, run.enc, run.splits, run.metrics, run.main
+    run.zero_shot()
     if any(len(s.candidates) != len(splits.train[0].candidates) for s in splits.train) or \
             any(s.label is None for s in splits.train):
         raise ValueError(f"--trainer linear_probe needs a classification task with fixed labels ({args.task_name} is not)")

@@ -48,7 +48,7 @@ def loaded(tiny):
 @pytest.fixture(autouse=True)
 def _grad_mode():
     yield
-    torch.set_grad_enabled(True)  # train.run turns autograd off process-wide
+    torch.set_grad_enabled(True)  # mezo.train.run turns autograd off process-wide
 
 
 def _splits(name, family="causal", n_train=8, n_eval=6):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mezo import metrics as M
+from mezo import distributed as D, metrics as M
 from mezo.tasks import MASK, Sample
 
 
@@ -316,7 +316,6 @@ def example_losses(model, enc: Encoder, samples: list[Sample], loss: str) -> tup
     if loss == "lm":
         return lm_losses(model, enc, samples)
     if loss == "non_diff":
-        from mezo import distributed as D
         sync = D.sync_counts if D.world_size() > 1 else None  # generation keeps FSDP2 ranks in lockstep
         preds = generate(model, enc, samples, sync=sync) if not samples[0].candidates else predict(model, enc, samples)
         vals = [-next(iter(sample_metric(s, p).values())) for s, p in zip(samples, preds)]

@@ -75,7 +75,8 @@ def train(run) -> dict:
         # the objective is the mean over the whole step (all micro-batches and ranks) per sample,
         # or per gold token for "lm", as MeZO's loss; its denominator is known from the data
         # alone, so each forward's sum can be scaled before its backward
-        denom = max(1, sum(loss_weight(enc, splits.train[i], kind) for m in range(accum) for i in stream.global_batch(step, m)))
+        denom = max(1, sum(loss_weight(enc, splits.train[i], kind)
+                           for m in range(accum) for i in stream.global_batch(step, m)))
         values, counts = [], []
         forwards = [ids for m in range(accum) for ids in stream.local_forwards(step, m)]
         with torch.enable_grad():
@@ -108,5 +109,3 @@ def train(run) -> dict:
     if main:
         log.info("mean loss over the last steps %.4f", float(np.mean([s["loss"] for s in metrics.data["steps"][-10:]])))
     return finish(args, model, tok, metrics, main)
-
-

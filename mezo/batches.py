@@ -25,8 +25,8 @@ from mezo.scoring import example_losses
 CPU_FORWARD_BATCH = 2
 
 
-def forward_batch_size(flag: str, batch_size: int, world: int, device_type: str) -> int | str:
-    """The examples per forward for `--forward_batch_size flag`, or an error message (str).
+def forward_batch_size(flag: str, batch_size: int, world: int, device_type: str) -> int:
+    """The examples per forward for `--forward_batch_size flag` (ValueError: what is wrong).
     "auto": CPU_FORWARD_BATCH on CPU (1 when a rank's share is odd); on GPU the whole per-rank
     share in one forward, since there a forward of 2 costs about as much as one of 16."""
     share = batch_size // world
@@ -34,15 +34,12 @@ def forward_batch_size(flag: str, batch_size: int, world: int, device_type: str)
         if device_type == "cpu":
             return CPU_FORWARD_BATCH if share % CPU_FORWARD_BATCH == 0 else 1
         return share
-    try:
-        n = int(flag)
-    except ValueError:
-        return f"--forward_batch_size must be a positive integer or 'auto' (got {flag!r})"
+    n = int(flag) if flag.isdigit() else 0
     if n < 1:
-        return f"--forward_batch_size must be a positive integer or 'auto' (got {flag!r})"
+        raise ValueError(f"--forward_batch_size must be a positive integer or 'auto' (got {flag!r})")
     if share % n:
-        return (f"--forward_batch_size {n} does not divide the per-process batch ({batch_size} over {world} "
-                f"process{'es' if world > 1 else ''} = {share}); pick a divisor of {share}")
+        raise ValueError(f"--forward_batch_size {n} does not divide the per-process batch ({batch_size} over {world} "
+                         f"process{'es' if world > 1 else ''} = {share}); pick a divisor of {share}")
     return n
 
 

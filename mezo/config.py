@@ -146,10 +146,11 @@ def resolve(args: argparse.Namespace, world_size: int = 1, explicit: set[str] | 
     peft_modes.check_args(args, fail)
     if args.batch_size % world_size:
         fail(f"--batch_size {args.batch_size} is not divisible by the number of processes ({world_size})")
-    fb = forward_batch_size(str(args.forward_batch_size), args.batch_size, world_size, D.device().type)
-    if isinstance(fb, str):
-        fail(fb)
-    args.forward_batch_size = fb
+    try:
+        args.forward_batch_size = forward_batch_size(str(args.forward_batch_size), args.batch_size, world_size,
+                                                     D.device().type)
+    except ValueError as e:
+        fail(str(e))
     if args.fsdp_version != 2:
         fail(f"--fsdp_version {args.fsdp_version} is not supported: use 2 (FSDP2, fully_shard)")
     if args.master_weights and args.no_master_weights:

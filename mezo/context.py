@@ -1,6 +1,6 @@
 """Everything a trainer works with, set up once from the resolved flags: the process group, the
 output folder and its first files, the task's splits, the model (PEFT modes applied, FSDP2
-when distributed), the encoder, the metrics file and the memory logger."""
+when distributed), the encoder and the metrics file."""
 from __future__ import annotations
 
 import os

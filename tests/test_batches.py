@@ -35,8 +35,11 @@ def test_forward_batch_size_rules():
     assert forward_batch_size("auto", 7, 1, "cpu") == 1       # an odd share: one example per forward
     assert forward_batch_size("auto", 16, 2, "cuda") == 8     # GPU: the whole per-rank share
     assert forward_batch_size("4", 16, 2, "cpu") == 4
-    assert "does not divide" in forward_batch_size("3", 16, 2, "cpu")
-    assert "positive integer" in forward_batch_size("-1", 16, 1, "cpu")
+    with pytest.raises(ValueError, match="does not divide the per-process batch"):
+        forward_batch_size("3", 16, 2, "cpu")
+    for bad in ("-1", "0", "two", "2.5"):
+        with pytest.raises(ValueError, match="must be a positive integer or 'auto'"):
+            forward_batch_size(bad, 16, 1, "cpu")
 
 
 def test_rank_batches_cut_at_fixed_places_and_pad(monkeypatch):

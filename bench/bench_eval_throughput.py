@@ -53,14 +53,13 @@ def main():
     t0 = time.time()
     model, tok = models.load(models.DEFAULT_MODEL, None, "fp32", torch.device("cpu"))
     print(f"model loaded in {time.time() - t0:.1f}s", flush=True)
-    ns = argparse.Namespace(max_length=2048, task_family="causal", max_new_tokens=50)
     rows = []
     for spec in a.tasks.split(","):
         name, n = spec.split(":")
         task = get_task(name)
         ev = task.load_split(task.eval_split, a.data_dir)
         test = make_splits(task, [], ev, num_train=0, num_dev=0, num_eval=int(n)).test
-        enc = make_encoder(tok, model, ns)
+        enc = make_encoder(tok, model, 2048)
         for s in test:
             enc(s)  # tokenise up front for both
         evaluate(model, enc, test[:2], a.batch_size)  # warm-up

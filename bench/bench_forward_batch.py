@@ -38,11 +38,11 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
-    args = config.parse(["--output_dir", os.path.join("outputs", "bench_forward_batch")])
-    task = get_task(args.task_name, family="causal", text_column=None)
-    splits, _ = build_splits(args, task, (None, None))
-    model, tok = models.load(args.model_name, args.gguf_file, "fp32", torch.device("cpu"))
-    enc = make_encoder(tok, model, args)
+    cfg = config.parse(["--output_dir", os.path.join("outputs", "bench_forward_batch")])
+    task = get_task(cfg.data.task_name, family="causal", text_column=None)
+    splits, _ = build_splits(cfg.data, task)
+    model, tok = models.load(cfg.model.name, cfg.model.gguf_file, "fp32", torch.device("cpu"))
+    enc = make_encoder(tok, model, cfg.model.max_length)
     rng = np.random.RandomState(0)
     batches = [[splits.train[i] for i in rng.permutation(len(splits.train))[:a.batch_size]] for _ in range(a.batches)]
     times: dict[int, list[float]] = {fb: [] for fb in sizes}
@@ -69,7 +69,7 @@ def main() -> None:
         print(f"| {fb} | {a.batch_size // fb} | {med:.3f} | {med / base:.2f}x | {dev:.1e} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": args.model_name, "batch_size": a.batch_size, "rows": rows}, f, indent=1)
+            json.dump({"model": cfg.model.name, "batch_size": a.batch_size, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

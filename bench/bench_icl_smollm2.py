@@ -42,7 +42,7 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     torch.set_grad_enabled(False)
     model, tok = models.load(models.DEFAULT_MODEL, None, "fp32", torch.device("cpu"))
-    enc = make_encoder(tok, model, argparse.Namespace(max_length=a.max_length, task_family="causal", max_new_tokens=50))
+    enc = make_encoder(tok, model, a.max_length)
     import transformers
     result = {"meta": {"machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
                        "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -19,28 +19,30 @@ from mezo.telemetry import log
 
 def train(run) -> dict:
     """--zero_shot / --icl over a mezo.context.Run: evaluate, write the logs and predictions."""
-    args, task, model, enc, splits, train_rows, metrics, main = (run.args, run.task, run.model, run.enc, run.splits,
-                                                                 run.train_rows, run.metrics, run.main)
-    name = "icl" if args.icl else "zero_shot"
+    task, model, enc, splits, train_rows, metrics, main = (run.task, run.model, run.enc, run.splits, run.train_rows,
+                                                           run.metrics, run.main)
+    t = run.cfg.train
+    name = t.trainer  # "zero_shot" | "icl"
+    icl = name == "icl"
     test = splits.test
-    if args.icl:
+    if icl:
         if not train_rows:
             raise ValueError(f"--icl: task {task.name} has no train rows to draw demonstrations from")
-        test = icl_samples(task, train_rows, splits.test, args.num_demos)
+        test = icl_samples(task, train_rows, splits.test, t.num_demos)
         lens = [len(enc(s)[0]) for s in test]
-        log.info("icl: %d demos per test sample, prompts %d-%d tokens (cap %d)", args.num_demos, min(lens),
+        log.info("icl: %d demos per test sample, prompts %d-%d tokens (cap %d)", t.num_demos, min(lens),
                  max(lens), enc.max_length)
     preds: list = []
-    rec = {"step": 0, "dev": evaluate(model, enc, splits.dev, args.eval_batch_size) if not args.icl else {},
-           "test": evaluate(model, enc, test, args.eval_batch_size, predictions=preds)}
-    metrics.data[name] = {"test": rec["test"], "num_demos": args.num_demos if args.icl else 0}
+    rec = {"step": 0, "dev": evaluate(model, enc, splits.dev, t.eval_batch_size) if not icl else {},
+           "test": evaluate(model, enc, test, t.eval_batch_size, predictions=preds)}
+    metrics.data[name] = {"test": rec["test"], "num_demos": t.num_demos if icl else 0}
     if name == "zero_shot":
         metrics.data["zero_shot"] = {"test": rec["test"]}
     metrics.eval(rec)
     metrics.data["final"] = {"dev": rec["dev"], "test": rec["test"], "best_dev_step": None, "baseline": name}
     metrics.save("completed")
     if main:
-        with open(os.path.join(args.output_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+        with open(os.path.join(run.cfg.output.dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
             for s, p in preds:
                 f.write(json.dumps({"prompt_tail": s.prompt[-200:], "prediction": p,
                                     "gold": s.answers if s.answers is not None else s.gold_ids}) + "\n")

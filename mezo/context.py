@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from mezo import distributed as D, models, peft_modes, telemetry
+from mezo.config import Config
 from mezo.evaluation import evaluate
 from mezo.results import headline
 from mezo.scoring import Encoder, make_encoder
@@ -22,7 +23,7 @@ from mezo.telemetry import log
 
 @dataclass
 class Run:
-    args: object
+    cfg: Config
     device: torch.device
     main: bool                  # rank 0: writes the files, prints
     task: Task
@@ -35,17 +36,45 @@ class Run:
 
     def evaluate(self, step: int) -> dict:
         """The dev and test metrics now, as an `evals` record."""
-        bs = self.args.eval_batch_size
+        bs = self.cfg.train.eval_batch_size
         rec = {"step": step, "dev": evaluate(self.model, self.enc, self.splits.dev, bs),
                "test": evaluate(self.model, self.enc, self.splits.test, bs)}
         log.info("step %d: dev %s test %s", step, rec["dev"], rec["test"])
         return rec
 
+    def steps(self, desc: str, start: int, step, before_eval=None, after_step=None) -> None:
+        """The loop every training trainer shares: for each step from `start`, step(i) (0-based)
+        returns its record, which is logged (and shown on the progress bar); the model is
+        evaluated every --eval_steps and after the last step (before_eval() first); then
+        after_step(i + 1). The bar is closed before any error propagates, so that an error
+        message is the last line."""
+        t, bar = self.cfg.train, None
+        if self.main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=t.max_steps, initial=start, desc=desc, dynamic_ncols=True)
+        try:
+            for i in range(start, t.max_steps):
+                rec = step(i)
+                self.metrics.step(rec)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix({label: f"{rec[k]:{fmt}}" for k, label, fmt in
+                                     (("loss", "loss", ".4f"), ("projected_grad", "g", ".3g")) if k in rec})
+                if (i + 1) % t.eval_steps == 0 or i + 1 == t.max_steps:
+                    if before_eval:
+                        before_eval()
+                    self.metrics.eval(self.evaluate(i + 1))
+                if after_step:
+                    after_step(i + 1)
+        finally:
+            if bar:
+                bar.close()
+
     def zero_shot(self) -> None:
         """The test metrics of the model as loaded, before training (unless --no_initial_eval)."""
-        if self.args.no_initial_eval:
+        if self.cfg.train.no_initial_eval:
             return
-        zs = {"test": evaluate(self.model, self.enc, self.splits.test, self.args.eval_batch_size)}
+        zs = {"test": evaluate(self.model, self.enc, self.splits.test, self.cfg.train.eval_batch_size)}
         self.metrics.data["zero_shot"] = zs
         self.metrics.save()
         log.info("zero-shot test %s", zs["test"])
@@ -53,49 +82,49 @@ class Run:
             print(f"zero-shot test {headline(zs['test'])}", flush=True)
 
 
-def experiment_config(args, model, world: int, device) -> dict:
+def experiment_config(cfg: Config, model, world: int, device) -> dict:
     import transformers
     total, trainable = models.count_params(model)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"args": vars(args), "task": args.task_name, "model_name": args.model_name, "mode": peft_modes.mode_name(args),
-            "resolved_model": models.resolve(args.model_name, args.gguf_file)[0],
+    m = cfg.model
+    return {"args": {**cfg.flags, "use_master": cfg.zo.master_weights}, "task": cfg.data.task_name,
+            "model_name": m.name, "mode": cfg.mode, "resolved_model": models.resolve(m.name, m.gguf_file)[0],
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
-            "world_size": world, "device": f"{device} {name}", "dtype": args.dtype,
-            "master_weights": args.use_master, "num_params": total, "num_trainable_params": trainable,
+            "world_size": world, "device": f"{device} {name}", "dtype": m.dtype,
+            "master_weights": cfg.zo.master_weights, "num_params": total, "num_trainable_params": trainable,
             "command": " ".join(sys.argv)}
 
 
-def build(args) -> Run:
+def build(cfg: Config) -> Run:
     device = D.init()
     world, main = D.world_size(), D.is_main()
+    out = cfg.output.dir
     if main:
-        os.makedirs(args.output_dir, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
     D.barrier()
-    telemetry.setup_logging(args.output_dir, main)
+    telemetry.setup_logging(out, main)
     if main:
-        telemetry.write_json(os.path.join(args.output_dir, "run_config.json"),
-                             {k: v for k, v in vars(args).items() if k != "use_master"})
-    torch.manual_seed(args.seed)
+        telemetry.write_json(os.path.join(out, "run_config.json"), dict(cfg.flags))
+    torch.manual_seed(cfg.train.seed)
 
-    family = getattr(args, "task_family", "causal")
-    task = get_task(args.task_name, family=family, **({} if family == "mlm" else {"text_column": args.text_column}))
-    hub = (args.dataset, args.dataset_config) if args.dataset else (None, None)
-    splits, train_rows = build_splits(args, task, hub)  # reference sampling; LM-BFF k-shot for mlm
+    d, m = cfg.data, cfg.model
+    task = get_task(d.task_name, family=d.family, **({} if d.family == "mlm" else {"text_column": d.text_column}))
+    splits, train_rows = build_splits(d, task, cfg.train.trainer)  # reference sampling; LM-BFF k-shot for mlm
     log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
-             len(splits.test), args.data_dir or "hub")
+             len(splits.test), d.data_dir or "hub")
 
     t_load = time.time()
-    model, tok = models.load(args.model_name, args.gguf_file, args.dtype, device, family)
-    model = peft_modes.prepare(args, model, tok)  # LoRA / prefix / frozen (linear probe), before sharding
+    model, tok = models.load(m.name, m.gguf_file, m.dtype, device, m.task_family)
+    # LoRA / prefix / frozen (linear probe), before sharding
+    model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():
-        models.shard(model, device, args.fsdp_version)
-    log.info("model %s loaded in %.1fs (%s, world size %d%s)", args.model_name, time.time() - t_load,
-             args.dtype, world, ", FSDP2" if D.launched_distributed() else "")
+        models.shard(model, device)
+    log.info("model %s loaded in %.1fs (%s, world size %d%s)", m.name, time.time() - t_load,
+             m.dtype, world, ", FSDP2" if D.launched_distributed() else "")
     if main:
-        telemetry.write_json(os.path.join(args.output_dir, "experiment_config.json"),
-                             experiment_config(args, model, world, device))
-    metrics = telemetry.Metrics(os.path.join(args.output_dir, "training_metrics.json") if main else None,
-                                every=args.log_steps)
-    enc = make_encoder(tok, model, args)  # OPT first token 0, context length, mlm / causal
-    return Run(args, device, main, task, splits, train_rows, model, tok, enc, metrics)
+        telemetry.write_json(os.path.join(out, "experiment_config.json"), experiment_config(cfg, model, world, device))
+    metrics = telemetry.Metrics(os.path.join(out, "training_metrics.json") if main else None,
+                                every=cfg.output.log_steps)
+    enc = make_encoder(tok, model, m.max_length, m.task_family, m.max_new_tokens)  # OPT first token 0, mlm / causal
+    return Run(cfg, device, main, task, splits, train_rows, model, tok, enc, metrics)

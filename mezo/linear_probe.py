@@ -71,22 +71,23 @@ def accuracy(clf, X, samples) -> dict:
 
 def train(run) -> dict:
     """The linear-probe trainer over a mezo.context.Run."""
-    args, model, enc, splits, metrics, main = run.args, run.model, run.enc, run.splits, run.metrics, run.main
+    model, enc, splits, metrics, main = run.model, run.enc, run.splits, run.metrics, run.main
+    bs, probe = run.cfg.train.eval_batch_size, run.cfg.probe
     run.zero_shot()
     if any(len(s.candidates) != len(splits.train[0].candidates) for s in splits.train) or \
             any(s.label is None for s in splits.train):
-        raise ValueError(f"--trainer linear_probe needs a classification task with fixed labels ({args.task_name} is not)")
+        raise ValueError(f"--trainer linear_probe needs a classification task with fixed labels ({run.task.name} is not)")
     t0 = time.time()
-    Xtr = features(model, enc, splits.train, args.eval_batch_size)
-    Xdev = features(model, enc, splits.dev, args.eval_batch_size) if splits.dev else None
-    Xte = features(model, enc, splits.test, args.eval_batch_size)
+    Xtr = features(model, enc, splits.train, bs)
+    Xdev = features(model, enc, splits.dev, bs) if splits.dev else None
+    Xte = features(model, enc, splits.test, bs)
     t_feat = time.time() - t0
     log.info("linear probe: features %s in %.1fs", Xtr.shape, t_feat)
     rec = {"step": 0, "dev": {}, "test": {}}
     info = {}
     if main:
         y = np.array([s.label for s in splits.train])
-        clf = fit(Xtr, y, args.lp_C, args.lp_max_iter)
+        clf = fit(Xtr, y, probe.C, probe.max_iter)
         lr = clf[-1]
         info = {"C": float(np.atleast_1d(lr.C_)[0]) if hasattr(lr, "C_") else float(lr.C),
                 "train_accuracy": accuracy(clf, Xtr, splits.train)["accuracy"],

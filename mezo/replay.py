@@ -17,18 +17,19 @@ import os
 import sys
 import time
 
+from mezo import errors
+
 PROG = "python -m mezo.replay"
 
 
 def _fail(msg: str):
-    print(f"{PROG}: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    errors.die(msg, PROG)
 
 
 def main(argv=None) -> int:
     from mezo import models
     from mezo import trajectory as T
-    from mezo.checkpoint import check_writable
+    from mezo.telemetry import check_writable
 
     class P(argparse.ArgumentParser):
         def error(self, message):
@@ -60,7 +61,11 @@ def main(argv=None) -> int:
         if not 0 <= a.steps <= len(entries):
             _fail(f"--steps {a.steps}: the trajectory has {len(entries)} steps")
         entries = entries[:a.steps]
-    check_writable("--output", os.path.dirname(os.path.abspath(a.output)) or ".")
+    out_parent = os.path.dirname(os.path.abspath(a.output)) or "."
+    try:
+        check_writable(out_parent)
+    except OSError as e:
+        _fail(f"--output {out_parent}: not writable ({e.strerror or e})")
     dtype = a.dtype or header["dtype"]
     if dtype != header["dtype"]:
         print(f"{PROG}: warning: training ran in {header['dtype']}, replaying in {dtype}: not bit-identical",

@@ -13,10 +13,10 @@ def headline(m: dict) -> str:
     return f"{k}: {v:.4f}" + (f" ({', '.join(f'{a} {b:.4f}' for a, b in rest)})" if rest else "")
 
 
-def finish(args, model, tok, metrics, main: bool) -> dict:
+def finish(cfg, model, tok, metrics, main: bool) -> dict:
     """Save (adapters / prefixes / --save_model: the full model), write the final record (last
     evaluation, best dev step), print the result. Shared by every trainer."""
-    peft_modes.save(args, model, tok, main)
+    peft_modes.save(cfg.peft, cfg.output.dir, cfg.output.save_model, cfg.model.name, model, tok, main)
     evals = metrics.data["evals"]
     best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
     metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},

@@ -10,20 +10,19 @@ def step_seed(base: int, step: int, j: int = 0, n: int = 1) -> int:
     return (int(base) << 32) | (step * n + j)
 
 
-def lr_at(args, step: int) -> float:
-    """MeZO's learning rate at `step` (0-based): constant, or linear decay to 0 at max_steps."""
-    if args.lr_scheduler_type == "linear":
-        return args.learning_rate * max(0.0, 1.0 - step / args.max_steps)
-    return args.learning_rate
+def lr_at(schedule: str, lr: float, max_steps: int, step: int) -> float:
+    """MeZO's learning rate at `step` (0-based): "constant", or "linear" decay to 0 at max_steps."""
+    if schedule == "linear":
+        return lr * max(0.0, 1.0 - step / max_steps)
+    return lr
 
 
-def warmup_lr_at(args, step: int) -> float:
+def warmup_lr_at(schedule: str, lr: float, max_steps: int, warmup: int, step: int) -> float:
     """The backprop baseline's: transformers' get_linear_schedule_with_warmup /
     get_constant_schedule_with_warmup: lr * step / warmup during warm-up, then constant or
     linear decay to 0 at max_steps."""
-    w = args.warmup_steps
-    if step < w:
-        return args.learning_rate * step / max(1, w)
-    if args.lr_scheduler_type == "linear":
-        return args.learning_rate * max(0.0, (args.max_steps - step) / max(1, args.max_steps - w))
-    return args.learning_rate
+    if step < warmup:
+        return lr * step / max(1, warmup)
+    if schedule == "linear":
+        return lr * max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+    return lr

@@ -340,11 +340,10 @@ def context_length(model) -> int | None:
     return n
 
 
-def make_encoder(tok, model, args) -> Encoder:
-    """The run's Encoder: --max_length capped at the model's context length; OPT's first token
-    set to 0 as in the reference; masked-LM scoring for the roberta family."""
+def make_encoder(tok, model, max_length: int = 2048, family: str = "causal", max_new_tokens: int = 50) -> Encoder:
+    """The run's Encoder: max_length capped at the model's context length; OPT's first token
+    set to 0 as in the reference; masked-LM scoring for family "mlm"."""
     limit = context_length(model)
-    max_length = min(args.max_length, limit) if limit else args.max_length
+    max_length = min(max_length, limit) if limit else max_length
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return Encoder(tok, max_length, model_type=model_type, family=getattr(args, "task_family", "causal"),
-                   max_new_tokens=getattr(args, "max_new_tokens", 50))
+    return Encoder(tok, max_length, model_type=model_type, family=family, max_new_tokens=max_new_tokens)

@@ -48,29 +48,29 @@ def mlm_sources(task, data_dir: str, k: int, seed: int) -> dict:
     return {"kshot": kshot, "train": train, "test": test}
 
 
-def _mlm_splits(args, task) -> Splits:
-    k, seed = args.k, args.data_seed
-    if args.data_dir is None:  # the hub
+def _mlm_splits(data, task) -> Splits:
+    k, seed, data_dir = data.k, data.data_seed, data.data_dir
+    if data_dir is None:  # the hub
         train_rows = task.load_split(task.train_split)
         sp = kshot_splits_from_rows(task, train_rows, k, seed, task.load_split(task.eval_split))
         return sp
-    src = mlm_sources(task, args.data_dir, k, seed)
+    src = mlm_sources(task, data_dir, k, seed)
     if src["kshot"]:
-        files = load_kshot(task, args.data_dir, k, seed)
+        files = load_kshot(task, data_dir, k, seed)
         train = [task.sample(r) for r in files["train"]]
         dev = [task.sample(r) for r in files.get("dev", [])]
         log.info("%s: LM-BFF split files %s", task.name, src["kshot"])
     else:
-        train_r, dev_r = kshot_rows(task, task.load_split(task.train_split, args.data_dir), k, seed)
+        train_r, dev_r = kshot_rows(task, task.load_split(task.train_split, data_dir), k, seed)
         train, dev = [task.sample(r) for r in train_r], [task.sample(r) for r in dev_r]
         log.info("%s: k-shot sampled from %s (k=%d, seed %d)", task.name, src["train"], k, seed)
     split, _ = src["test"]
     if split == "kshot":
-        test = kshot_test(task, load_kshot(task, args.data_dir, k, seed)["test"])
+        test = kshot_test(task, load_kshot(task, data_dir, k, seed)["test"])
     else:
         if split != task.eval_split:
             log.warning("%s: test from %s.jsonl (the paper's is %s, absent here)", task.name, split, task.eval_split)
-        test = kshot_test(task, task.load_split(split, args.data_dir))
+        test = kshot_test(task, task.load_split(split, data_dir))
     return Splits(train, dev, test)
 
 
@@ -79,25 +79,26 @@ def kshot_splits_from_rows(task, train_rows, k, seed, eval_rows) -> Splits:
     return kshot_splits(task, train_rows, k, seed, eval_rows)
 
 
-def build_splits(args, task: Task, hub=(None, None)) -> tuple[Splits, list[dict] | None]:
-    """(splits, all train rows or None): the rows are what ICL draws its demos from."""
-    if getattr(args, "task_family", "causal") == "mlm":
-        sp = _mlm_splits(args, task)
-        if args.num_eval is not None:
-            sp.test = sp.test[:args.num_eval]
+def build_splits(data, task: Task, trainer: str = "mezo") -> tuple[Splits, list[dict] | None]:
+    """(splits, all train rows or None) for a mezo.config.DataConfig: the rows are what ICL
+    draws its demos from. --zero_shot needs no train split, --icl no train/dev samples."""
+    if data.family == "mlm":
+        sp = _mlm_splits(data, task)
+        if data.num_eval is not None:
+            sp.test = sp.test[:data.num_eval]
         return sp, None
-    eval_rows = task.load_split(task.eval_split, args.data_dir, *hub)
-    if args.zero_shot:  # nothing is trained: no train split needed (BoolQ has none locally)
-        train_rows = []
-        sp = make_splits(task, [], eval_rows, num_train=0, num_dev=0, num_eval=args.num_eval,
-                         train_set_seed=args.train_set_seed)
-        return sp, train_rows
-    train_rows = task.load_split(task.train_split, args.data_dir, *hub)
-    num_train = 0 if args.icl else args.num_train
-    num_dev = 0 if args.icl else args.num_dev
+    hub = (data.dataset, data.dataset_config) if data.dataset else (None, None)
+    eval_rows = task.load_split(task.eval_split, data.data_dir, *hub)
+    if trainer == "zero_shot":  # nothing is trained: no train split needed (BoolQ has none locally)
+        sp = make_splits(task, [], eval_rows, num_train=0, num_dev=0, num_eval=data.num_eval,
+                         train_set_seed=data.train_set_seed)
+        return sp, []
+    train_rows = task.load_split(task.train_split, data.data_dir, *hub)
+    num_train = 0 if trainer == "icl" else data.num_train
+    num_dev = 0 if trainer == "icl" else data.num_dev
     num_train = min(num_train, max(len(train_rows) - (num_dev or 0), 0))
     sp = make_splits(task, train_rows, eval_rows, num_train=num_train, num_dev=num_dev,
-                     num_eval=args.num_eval, train_set_seed=args.train_set_seed)
+                     num_eval=data.num_eval, train_set_seed=data.train_set_seed)
     return sp, train_rows
 
 

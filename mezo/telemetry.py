@@ -32,6 +32,14 @@ def write_json(path: str, obj) -> None:
         raise
 
 
+def check_writable(folder: str) -> None:
+    """Create `folder` if needed and write a file in it; raises OSError when that fails."""
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def setup_logging(output_dir: str | None, main: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     log.setLevel(logging.INFO if main else logging.WARNING)
@@ -63,6 +71,39 @@ class Metrics:
     def eval(self, rec: dict) -> None:
         self.data["evals"].append(rec)
         self.save()
+
+    def restore(self, saved: dict, resumed: dict, skipped: int) -> None:
+        """Continue a run: the records a checkpoint saved, and one more entry in "resumed"."""
+        d = self.data
+        for k in ("steps", "evals", "zero_shot"):
+            if saved.get(k) is not None:
+                d[k] = saved[k]
+        d["resumed"] = list(saved.get("resumed") or []) + [resumed]
+        d["skipped_nonfinite"] = skipped
+
+    def restore_replayed(self, entries) -> None:
+        """Per-step records of steps replayed from a trajectory (mezo.trajectory.Entry): the
+        interrupted run's training_metrics.json has them when it was written after them (every
+        --log_steps), else what the trajectory knows; the evaluations it logged in that span."""
+        if not self.path or not entries:
+            return
+        old_steps, old_evals = {}, []
+        try:
+            with open(self.path) as f:
+                old = json.load(f)
+            old_steps = {r["step"]: r for r in old.get("steps") or [] if isinstance(r, dict) and "step" in r}
+            old_evals = [r for r in old.get("evals") or [] if isinstance(r, dict) and "step" in r]
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        d = self.data
+        for e in entries:
+            rec = old_steps.get(e.step)
+            if rec is None or rec.get("seeds") not in (None, e.seeds):
+                rec = {"step": e.step, "projected_grad": sum(e.grads) / len(e.grads) if e.grads else None,
+                       "lr": e.lr, "step_time_s": 0.0, "seeds": e.seeds, "replayed": True}
+            d["steps"].append(rec)
+        lo, hi = entries[0].step, entries[-1].step
+        d["evals"] = [r for r in d.get("evals") or [] if r["step"] < lo] + [r for r in old_evals if lo <= r["step"] <= hi]
 
     def save(self, status: str | None = None) -> None:
         if status:

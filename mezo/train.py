@@ -1,5 +1,6 @@
-"""A run: flags -> set-up (process group, data, model, FSDP2, encoder; mezo/context.py) -> the
-trainer the flags name -> its final record. Every trainer writes the same logs to --output_dir."""
+"""A run: flags -> Config (mezo/config.py) -> set-up (process group, data, model, FSDP2,
+encoder; mezo/context.py) -> the trainer the config names -> its final record. Every trainer
+writes the same logs to --output_dir."""
 from __future__ import annotations
 
 import os
@@ -7,8 +8,7 @@ import sys
 
 import torch
 
-from mezo import backprop, baselines, checkpoint, config, context, distributed as D, linear_probe, telemetry, \
-    zo_trainer
+from mezo import backprop, baselines, config, context, distributed as D, errors, linear_probe, telemetry, zo_trainer
 
 TRAINERS = {
     "mezo": zo_trainer.train,          # MeZO: full parameters, LoRA or prefix
@@ -19,21 +19,17 @@ TRAINERS = {
 }
 
 
-def trainer_name(args) -> str:
-    return "zero_shot" if args.zero_shot else "icl" if args.icl else args.trainer
-
-
-def run(args) -> dict:
-    ctx = context.build(args)
+def run(cfg: config.Config) -> dict:
+    ctx = context.build(cfg)
     mem = None
-    if args.memory_logging and ctx.main:
-        mem = telemetry.MemoryLogger(os.path.join(args.output_dir, "memory_log.json"), ctx.device,
-                                     args.memory_interval).start()
+    if cfg.output.memory_logging and ctx.main:
+        mem = telemetry.MemoryLogger(os.path.join(cfg.output.dir, "memory_log.json"), ctx.device,
+                                     cfg.output.memory_interval).start()
     try:
         torch.set_grad_enabled(False)  # forward passes only, except where a trainer enables grad
-        return TRAINERS[trainer_name(args)](ctx)
+        return TRAINERS[cfg.train.trainer](ctx)
     except BaseException as e:
-        ctx.metrics.save(getattr(e, "status", "failed"))  # "preempted" for checkpoint.Preempted
+        ctx.metrics.save(getattr(e, "status", "failed"))  # "preempted" for errors.Preempted
         raise
     finally:
         if mem:
@@ -41,13 +37,13 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = config.parse(argv, D.world_size())
+    cfg = config.parse(argv, D.world_size())
     clean = False
     try:
-        run(args)
+        run(cfg)
         clean = True
-    except checkpoint.StopRun as e:  # preempted (75), non-finite step (3), unloadable checkpoint (2)
-        return checkpoint.report(e)
+    except errors.StopRun as e:  # preempted (75), non-finite step (3), unloadable checkpoint (2)
+        return errors.report(e, D.is_main())
     finally:
         D.shutdown(clean)
     return 0

@@ -21,6 +21,7 @@ constants; float32 is lossless because the engine applies coefficients in float3
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
@@ -29,16 +30,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mezo.errors import die
 from mezo.schedule import lr_at, step_seed
 
 FORMAT = "mezo-trajectory"
 VERSION = 1
 MAGIC = b"MEZOTRJ1"
 FILENAME = "trajectory.jsonl"
-# settings that must match for a replay / resume to be exact
-HEADER_KEYS = ("model_name", "gguf_file", "dtype", "master_weights", "zo_dist", "zo_backend", "fused", "seed",
-               "zo_eps", "zo_num_samples", "weight_decay", "learning_rate", "lr_scheduler_type", "max_steps",
-               "task_name", "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed")
+log = logging.getLogger("mezo")
 
 
 class TrajectoryError(ValueError):
@@ -57,14 +56,19 @@ class Entry:
     grads: list[float] = field(default_factory=list)
 
 
-def header_from_args(args, world_size: int) -> dict:
-    h = {"format": FORMAT, "version": VERSION}
-    for k in HEADER_KEYS:
-        h[k] = {"master_weights": lambda: args.use_master, "fused": lambda: not args.no_fuse}.get(
-            k, lambda: getattr(args, k))()
-    h["world_size"] = world_size
-    h["start_step"] = 0
-    return h
+def header(settings: dict, world_size: int, start_step: int = 0) -> dict:
+    """Line 1: the run's settings (mezo.config.Config.settings(): model, dtype, master weights,
+    MeZO and schedule settings, data sizes), what a replay or a resume must match."""
+    return {"format": FORMAT, "version": VERSION, **settings, "world_size": world_size, "start_step": start_step}
+
+
+def record(step: int, seeds, grads, lr: float, eps: float, wd: float, skipped: bool = False) -> dict:
+    """One step's line."""
+    rec = {"step": step, "seeds": [int(s) for s in seeds], "g": [float(g) for g in grads], "lr": float(lr),
+           "eps": float(eps), "n": len(seeds), "wd": float(wd)}
+    if skipped:
+        rec["skipped"] = True
+    return rec
 
 
 def _dumps(obj) -> str:
@@ -89,17 +93,41 @@ class Writer:
         self.f = open(path, "a")
 
     def write(self, step: int, seeds, grads, lr: float, eps: float, wd: float, skipped: bool = False):
-        rec = {"step": step, "seeds": [int(s) for s in seeds], "g": [float(g) for g in grads], "lr": float(lr),
-               "eps": float(eps), "n": len(seeds), "wd": float(wd)}
-        if skipped:
-            rec["skipped"] = True
-        self.f.write(_dumps(rec) + "\n")
+        self.f.write(_dumps(record(step, seeds, grads, lr, eps, wd, skipped)) + "\n")
         self.f.flush()
         if self.fsync:
             os.fsync(self.f.fileno())
 
     def close(self):
         self.f.close()
+
+
+def continue_log(path: str, src: str | None, start: int, fresh: dict) -> Writer:
+    """The writer of a run that continues at step `start`: `path` keeps `src`'s header and its
+    lines up to `start` (a compact source is rewritten as JSON lines), then appends. When `src`
+    is None, or does not reach `start`, `path` starts anew with header `fresh` from `start` on
+    (its steps then need the checkpoint they continue)."""
+    if src is None:
+        return Writer(path, header=fresh)
+    keep = None
+    try:
+        h, entries, raw, _ = read(src, allow_truncated=True)
+        first = int(h.get("start_step", 0))
+        if first <= start <= first + len(entries):
+            if raw:
+                keep = raw[:start - first + 1]
+            else:
+                keep = [json.dumps(h)] + [json.dumps(record(e.step, e.seeds, [c * len(e.seeds) for c in e.coefs], e.lr,
+                                                            e.eps, e.wd, e.skipped), separators=(",", ":"))
+                                          for e in entries[:start - first]]
+    except (OSError, TrajectoryError) as e:
+        log.warning("trajectory %s unreadable (%s)", src, e)
+    if keep is None:
+        log.warning(
+            "no complete trajectory up to step %d at %s: %s starts at step %d and needs the checkpoint to be "
+            "replayed", start, src, path, start)
+        return Writer(path, header={**fresh, "start_step": start})
+    return Writer(path, keep=keep)
 
 
 def _entry(rec: dict, where: str) -> Entry:
@@ -188,10 +216,7 @@ def _read_binary(path: str, data: bytes) -> tuple[dict, list[Entry]]:
 
 
 def _lr(header: dict, step: int) -> float:
-    from argparse import Namespace
-
-    return lr_at(Namespace(lr_scheduler_type=header["lr_scheduler_type"], learning_rate=header["learning_rate"],
-                           max_steps=header["max_steps"]), step)
+    return lr_at(header["lr_scheduler_type"], header["learning_rate"], header["max_steps"], step)
 
 
 def to_binary(header: dict, entries: list[Entry]) -> bytes:
@@ -231,17 +256,15 @@ def replay(engine, entries: list[Entry]) -> None:
 
 def synthetic(path: str, steps: int = 20000, n: int = 1, seed: int = 42) -> int:
     """Write a `steps`-line trajectory with the real writer (random gradients); returns its size."""
-    from argparse import Namespace
-
-    args = Namespace(model_name="facebook/opt-13b", gguf_file=None, dtype="fp16", use_master=True, zo_dist="gaussian",
-                     zo_backend="compile", no_fuse=False, seed=seed, zo_eps=1e-3, zo_num_samples=n, weight_decay=0.0,
-                     learning_rate=1e-7, lr_scheduler_type="constant", max_steps=steps, task_name="SST2",
-                     batch_size=16, gradient_accumulation_steps=1, num_train=1000, train_set_seed=0)
-    w = Writer(path, header_from_args(args, 8), fsync=False)  # same bytes; 20,000 fsyncs only cost time
+    s = dict(model_name="facebook/opt-13b", gguf_file=None, dtype="fp16", master_weights=True, zo_dist="gaussian",
+             zo_backend="compile", fused=True, seed=seed, zo_eps=1e-3, zo_num_samples=n, weight_decay=0.0,
+             learning_rate=1e-7, lr_scheduler_type="constant", max_steps=steps, task_name="SST2",
+             batch_size=16, gradient_accumulation_steps=1, num_train=1000, train_set_seed=0)
+    w = Writer(path, header(s, 8), fsync=False)  # same bytes; 20,000 fsyncs only cost time
     rng = np.random.RandomState(0)
     for t in range(steps):
         w.write(t + 1, [step_seed(seed, t, j, n) for j in range(n)], list(rng.standard_normal(n) * 10),
-                lr_at(args, t), args.zo_eps, args.weight_decay)
+                _lr(s, t), s["zo_eps"], s["weight_decay"])
     w.close()
     return os.path.getsize(path)
 
@@ -276,8 +299,7 @@ def main(argv=None) -> int:
             print(json.dumps({"steps": a.steps, "n": a.n, "jsonl_bytes": size, "binary_bytes": len(blob),
                               "jsonl_path": jp, "binary_path": bp}))
     except (OSError, TrajectoryError) as e:
-        print(f"python -m mezo.trajectory: error: {e}", file=sys.stderr)
-        return 2
+        die(str(e), "python -m mezo.trajectory")
     return 0
 
 

@@ -1,71 +1,157 @@
-"""The MeZO trainer: resume (checkpoint or trajectory), zero-shot evaluation, MeZO steps with
-periodic dev/test evaluation, the final checkpoint and record. Checkpoints, preemption,
-trajectory.jsonl and non-finite steps are mezo/checkpoint.py's; the step is mezo/zo.py's."""
+"""The MeZO trainer: resume (mezo/resume.py), zero-shot evaluation, MeZO steps (mezo/zo.py) with
+periodic dev/test evaluation, and after each step its trajectory line, a checkpoint every
+--save_steps (mezo/checkpoint.py) and the preemption check (mezo/preemption.py); at the end the
+final checkpoint and record. A non-finite step is never applied: it is skipped
+(--skip_nonfinite) or stops the run with exit 3."""
 from __future__ import annotations
 
+import base64
+import math
+import os
 import time
 
 import numpy as np
+import torch
 
-from mezo import checkpoint
+from mezo import checkpoint, distributed as D, preemption, resume, trajectory as T
 from mezo.batches import BatchStream, make_loss_fn
 from mezo.context import Run
+from mezo.errors import EXIT_PREEMPTED, NonFinite, Preempted
+from mezo.faults import Faults
 from mezo.results import finish
 from mezo.schedule import lr_at, step_seed
 from mezo.telemetry import log
 from mezo.zo import ZOEngine
 
 
-def loss_kind(args, task) -> str:
+def loss_kind(non_diff: bool, task) -> str:
     """"non_diff" (--non_diff), else the task's: "classification" (CE over candidates / label
     words) or "lm" (teacher-forced gold continuation); see mezo.scoring.example_losses."""
-    return "non_diff" if getattr(args, "non_diff", False) else task.train_loss
+    return "non_diff" if non_diff else task.train_loss
+
+
+def finite(grads, losses) -> bool:
+    return all(math.isfinite(v) for v in [*grads, *(x for pair in losses for x in pair)])
+
+
+class Loop:
+    """What the loop carries between steps: the checkpointer, the trajectory log, the counters."""
+
+    def __init__(self, run: Run):
+        self.run, self.cfg = run, run.cfg
+        c = self.cfg
+        self.ckpt = checkpoint.Checkpointer(c.output.dir, run.model, c.model.name, c.checkpoint.save_total_limit)
+        self.settings = c.settings()
+        self.faults = Faults()
+        self.traj = None
+        self.skipped = 0
+        preemption.install()
+
+    def start(self) -> resume.Restored:
+        r = resume.restore(self.cfg.checkpoint.plan, self.ckpt, self.run.metrics)
+        self.skipped = r.skipped
+        if self.run.main:
+            path = os.path.join(self.cfg.output.dir, T.FILENAME)
+            self.traj = T.continue_log(path, r.source, r.start, T.header(self.settings, D.world_size()))
+        return r
+
+    def state(self, step: int) -> dict:
+        """state.json of the checkpoint at `step`."""
+        t, per_step = self.cfg.train, self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps
+        n = self.cfg.zo.num_samples
+        return {
+            "step": step, "seed": t.seed, "skipped_nonfinite": self.skipped,
+            "data_position": {"step": step, "examples_consumed": step * per_step, "batch_size": t.batch_size,
+                              "gradient_accumulation_steps": t.gradient_accumulation_steps, "data_seed": t.seed},
+            # directions need no RNG state: step_seed(seed, step, j, n) is counter-based; the global
+            # torch generator (restored on resume) is saved for anything else that draws from it
+            "rng": {"seed": t.seed, "direction_seeds": "mezo.schedule.step_seed(seed, step, j, n)",
+                    "next_seeds": [step_seed(t.seed, step, j, n) for j in range(n)],
+                    "torch_cpu_state": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()},
+            "scheduler": {"type": t.lr_scheduler_type, "learning_rate": t.learning_rate, "max_steps": t.max_steps,
+                          "next_lr": lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, step)},
+            "metrics": self.run.metrics.data}
+
+    def save(self, engine, step: int) -> str:
+        return self.ckpt.save(engine, step, self.state(step), self.settings)
+
+    def skip_or_stop(self, engine, step: int, grads, losses) -> bool:
+        """After engine.step: True when the step is skipped (non-finite, --skip_nonfinite);
+        raises NonFinite without the flag. The update of a non-finite step is never applied."""
+        self.faults.corrupt(step, grads, losses)
+        if finite(grads, losses):
+            return False
+        engine.drop_update()
+        lp, lm = losses[0]
+        what = f"step {step}: non-finite loss or projected gradient (L+={lp}, L-={lm}, g={grads})"
+        if self.cfg.checkpoint.skip_nonfinite:
+            self.skipped += 1
+            self.run.metrics.data["skipped_nonfinite"] = self.skipped
+            log.warning("%s: skipped (--skip_nonfinite), %d skipped so far", what, self.skipped)
+            return True
+        last = self.ckpt.last or "none"
+        log.error("%s; last good checkpoint: %s", what, last)
+        raise NonFinite(f"{what}; last good checkpoint: {last} (resume with --resume_from_checkpoint; "
+                        f"--skip_nonfinite skips such steps)")
+
+    def after_step(self, engine, step: int, seeds, grads, lr: float, skipped: bool) -> None:
+        """Trajectory line, periodic checkpoint, preemption check (all ranks agree)."""
+        c = self.cfg
+        if self.traj:
+            self.traj.write(step, seeds, grads, lr, c.zo.eps, c.train.weight_decay, skipped)
+        self.faults.after_trajectory_line(step)
+        if c.checkpoint.save_steps and step % c.checkpoint.save_steps == 0 and step < c.train.max_steps:
+            self.save(engine, step)
+        if preemption.requested():
+            self.save(engine, step)
+            sig = preemption.signal_name()
+            self.run.metrics.data["preempted"] = {"signal": sig, "step": step, "checkpoint": self.ckpt.last}
+            self.run.metrics.save("preempted")
+            raise Preempted(f"preempted ({sig or 'signal on another rank'}) after step {step}; checkpoint "
+                            f"{self.ckpt.last}; exit {EXIT_PREEMPTED}: rerun with --resume_from_checkpoint auto")
+
+    def finish(self, engine) -> None:
+        self.save(engine, self.cfg.train.max_steps)
+        if self.traj:
+            self.traj.close()
 
 
 def train(run: Run) -> dict:
-    args, model, metrics = run.args, run.model, run.metrics
-    session = checkpoint.Session(args, model, metrics)
-    start = session.resume_model()
+    cfg, model, metrics = run.cfg, run.model, run.metrics
+    t, zo = cfg.train, cfg.zo
+    loop = Loop(run)
+    restored = loop.start()
+    start = restored.start
     if not start:
         run.zero_shot()
-    engine = ZOEngine.from_model(model, dist=args.zo_dist, backend=args.zo_backend, fused=not args.no_fuse,
-                                 master_weights=args.use_master)
+    engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused,
+                                 master_weights=zo.master_weights)
     log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, master weights %s)",
-             len(engine.slots), args.zo_dist, engine.backend, "fused" if engine.fused else "plain",
-             engine.master_weights)
-    session.attach(engine)  # master shards from the checkpoint, or replay of --resume_trajectory
-    stream = BatchStream(len(run.splits.train), args.batch_size, args.gradient_accumulation_steps, args.seed,
-                         args.forward_batch_size)
-    loss_at = make_loss_fn(model, run.enc, run.splits.train, stream, loss_kind(args, run.task))
-    bar = None  # closed before any error message, so that the message is the last line
-    if run.main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=args.max_steps, initial=start, desc="MeZO", dynamic_ncols=True)
-    n = args.zo_num_samples
-    try:
-        for step in range(start, args.max_steps):
-            t0 = time.time()
-            lr = lr_at(args, step)
-            seeds = [step_seed(args.seed, step, j, n) for j in range(n)]
-            grads, losses = engine.step(lambda: loss_at(step), seeds, lr, args.zo_eps, args.weight_decay)
-            skipped = session.check(engine, step, grads, losses)  # NaN/inf: skip (--skip_nonfinite) or stop
-            lp, lm = losses[0]
-            rec = {"step": step + 1, "loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp,
-                   "loss_minus": lm, "projected_grad": float(np.mean(grads)), "lr": lr,
-                   "step_time_s": time.time() - t0, "seeds": seeds}
-            if skipped:
-                rec["skipped_nonfinite"] = True
-            metrics.step(rec)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", g=f"{rec['projected_grad']:.3g}")
-            if (step + 1) % args.eval_steps == 0 or step + 1 == args.max_steps:
-                engine.flush()
-                metrics.eval(run.evaluate(step + 1))
-            session.after_step(engine, step, seeds, grads, lr, skipped)  # trajectory, checkpoint, preemption
-        engine.flush()
-        session.finish(engine)  # final checkpoint
-    finally:
-        if bar:
-            bar.close()
-    return finish(args, model, run.tok, metrics, run.main)
+             len(engine.slots), zo.dist, engine.backend, "fused" if engine.fused else "plain", engine.master_weights)
+    resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine)  # master shards, replay
+    stream = BatchStream(len(run.splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed,
+                         t.forward_batch_size)
+    loss_at = make_loss_fn(model, run.enc, run.splits.train, stream, loss_kind(zo.non_diff, run.task))
+    n = zo.num_samples
+    last = {}  # what the step leaves for after_step: its seeds, gradients, lr, skipped
+
+    def step(i: int) -> dict:
+        t0 = time.time()
+        lr = lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, i)
+        seeds = [step_seed(t.seed, i, j, n) for j in range(n)]
+        grads, losses = engine.step(lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay)
+        skipped = loop.skip_or_stop(engine, i + 1, grads, losses)
+        lp, lm = losses[0]
+        rec = {"step": i + 1, "loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp,
+               "loss_minus": lm, "projected_grad": float(np.mean(grads)), "lr": lr,
+               "step_time_s": time.time() - t0, "seeds": seeds}
+        if skipped:
+            rec["skipped_nonfinite"] = True
+        last.update(seeds=seeds, grads=grads, lr=lr, skipped=skipped)
+        return rec
+
+    run.steps("MeZO", start, step, before_eval=engine.flush,
+              after_step=lambda done: loop.after_step(engine, done, **last))
+    engine.flush()
+    loop.finish(engine)  # final checkpoint
+    return finish(cfg, model, run.tok, metrics, run.main)

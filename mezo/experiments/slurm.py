@@ -21,9 +21,8 @@ import os
 import shlex
 from dataclasses import dataclass
 
+from mezo.errors import EXIT_PREEMPTED  # imports nothing heavy: this module stays torch-free
 from mezo.experiments.command import SCRIPT, flag_args
-
-EXIT_PREEMPTED = 75  # mezo.checkpoint.EXIT_PREEMPTED (not imported: keeps this module torch-free)
 
 
 @dataclass

@@ -213,7 +213,7 @@ def test_opt_prompts_start_with_token_0_like_the_reference(tiny_opt, tiny):
 
 def test_opt_family_inferred_and_trains(tiny_opt, tmp_path):
     args, res = _run(["--model_name", tiny_opt, "--task_name", "Copa", "--output_dir", str(tmp_path), *FAST])
-    assert args.model_family == "opt" and args.task_family == "causal"
+    assert args.model.family == "opt" and args.model.task_family == "causal"
     assert math.isfinite(res["steps"][0]["loss"])
 
 
@@ -222,11 +222,11 @@ def test_opt_family_inferred_and_trains(tiny_opt, tmp_path):
 def test_mlm_task_scores_label_words_at_the_mask_and_takes_a_mezo_step(name, tiny_roberta, tmp_path):
     args, res = _run(["--model_name", tiny_roberta, "--task_name", name, "--k", "16", "--data_seed", "13",
                       "--output_dir", str(tmp_path), *FAST])
-    assert args.model_family == "roberta" and args.task_family == "mlm"
+    assert args.model.family == "roberta" and args.model.task_family == "mlm"
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_roberta)
     model = AutoModelForMaskedLM.from_pretrained(tiny_roberta).eval()
-    enc = make_encoder(tok, model, args)
+    enc = make_encoder(tok, model, args.model.max_length, args.model.task_family)
     task = get_task(name, family="mlm")
     from mezo.tasks import load_kshot
     rows = load_kshot(task, TEST_DATA, 16, 13)
@@ -256,12 +256,12 @@ def test_mlm_kshot_sampled_from_train_when_no_split_files(tiny_roberta, tmp_path
     args = config.parse(["--model_name", tiny_roberta, "--task_name", "SST-5", "--data_seed", "42",
                          "--output_dir", str(tmp_path), "--data_dir", TEST_DATA])
     from mezo.splits import build_splits
-    sp, _ = build_splits(args, get_task("SST-5", family="mlm"))
+    sp, _ = build_splits(args.data, get_task("SST-5", family="mlm"))
     task = get_task("SST-5", family="mlm")
     counts = {}
     for s in sp.train:
         counts[s.label] = counts.get(s.label, 0) + 1
-    assert args.k == 16 and max(counts.values()) <= 16 and len(counts) == 5  # per class, all classes
+    assert args.data.k == 16 and max(counts.values()) <= 16 and len(counts) == 5  # per class, all classes
     assert not {id(s.data) for s in sp.train} & {id(s.data) for s in sp.dev}
     assert len(sp.test) == len(task.load_split("test", TEST_DATA))  # SST-5 test.jsonl, <= 1000
 
@@ -302,9 +302,8 @@ def test_icl_prompts_hold_the_demos_and_fit_the_context(tiny, tmp_path, capsys):
         assert all(p.endswith((" terrible", " great")) for p in parts[:-1])  # gold demonstrations
     # 32 demos overflow the tiny model's 256 positions: cut from the left, first token kept
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    import argparse
     tok = AutoTokenizer.from_pretrained(tiny)
-    enc = make_encoder(tok, AutoModelForCausalLM.from_pretrained(tiny), argparse.Namespace(max_length=2048))
+    enc = make_encoder(tok, AutoModelForCausalLM.from_pretrained(tiny), max_length=2048)
     long = icl_samples(task, rows, sp.test, 32)
     for s in long:
         ids, cands = enc(s)
@@ -322,9 +321,10 @@ def test_icl_generation_task(tiny, tmp_path):
 def test_paper_hparams_roberta_fill_unless_given(tiny_roberta, tmp_path, capsys):
     args = config.parse(["--model_name", tiny_roberta, "--paper_hparams", "--learning_rate", "1e-5",
                          "--output_dir", str(tmp_path), "--data_dir", TEST_DATA])
-    assert (args.batch_size, args.zo_eps, args.max_steps, args.eval_steps) == (64, 1e-3, 100000, 10000)
-    assert args.lr_scheduler_type == "constant" and args.learning_rate == 1e-5  # explicit flag kept
-    assert (args.k, args.task_name, args.num_eval) == (16, "SST-2", 1000)
+    t = args.train
+    assert (t.batch_size, args.zo.eps, t.max_steps, t.eval_steps) == (64, 1e-3, 100000, 10000)
+    assert t.lr_scheduler_type == "constant" and t.learning_rate == 1e-5  # explicit flag kept
+    assert (args.data.k, args.data.task_name, args.data.num_eval) == (16, "SST-2", 1000)
     out = capsys.readouterr().out
     assert "--paper_hparams (roberta, mezo) filled:" in out and "--batch_size 64" in out
     assert "--learning_rate" not in out
@@ -333,14 +333,14 @@ def test_paper_hparams_roberta_fill_unless_given(tiny_roberta, tmp_path, capsys)
 def test_paper_hparams_opt_and_lora(tiny_opt, tmp_path, capsys):
     args = config.parse(["--model_name", tiny_opt, "--paper_hparams", "--task_name", "Copa",
                          "--output_dir", str(tmp_path), "--data_dir", TEST_DATA])
-    assert (args.batch_size, args.learning_rate, args.zo_eps, args.max_steps, args.eval_steps) == \
-        (16, 1e-7, 1e-3, 20000, 4000)
-    assert (args.num_train, args.num_dev, args.num_eval) == (1000, 100, 1000)  # Copa: 100 dev
+    t, d = args.train, args.data
+    assert (t.batch_size, t.learning_rate, args.zo.eps, t.max_steps, t.eval_steps) == (16, 1e-7, 1e-3, 20000, 4000)
+    assert (d.num_train, d.num_dev, d.num_eval) == (1000, 100, 1000)  # Copa: 100 dev
     lora = config.parse(["--model_name", tiny_opt, "--paper_hparams", "--use_lora", "--lora_r", "4",
                          "--output_dir", str(tmp_path), "--data_dir", TEST_DATA])
-    assert (lora.learning_rate, lora.zo_eps, lora.lora_r, lora.lora_alpha) == (5e-5, 1e-2, 4, 16)
+    assert (lora.train.learning_rate, lora.zo.eps, lora.peft.lora_r, lora.peft.lora_alpha) == (5e-5, 1e-2, 4, 16)
     plain = config.parse(["--model_name", tiny_opt, "--output_dir", str(tmp_path), "--data_dir", TEST_DATA])
-    assert (plain.batch_size, plain.max_steps) == (16, 300)  # nothing filled without the flag
+    assert (plain.train.batch_size, plain.train.max_steps) == (16, 300)  # nothing filled without the flag
 
 
 @pytest.mark.parametrize("family,args,needle", [

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from helpers import ROOT
+
 from mezo.tasks import (MLM_TASKS, TASKS, Sample, demo_sets, find_data_dir, get_task, icl_prompt,
                         kshot_splits, kshot_test, left_truncate, load_kshot, make_splits)
 from mezo.tasks.mlm import kshot_rows
@@ -16,8 +18,8 @@ from mezo.tasks.mlm import kshot_rows
 # $MEZO_DATA_DIR or the full shared/data when present, else the real rows copied into tests/data
 # (tests/data/make_test_data.py): templates, ICL and metrics run on either. A few tests check
 # sampling sizes and the LM-BFF k-shot files against the full splits; they need the full copy.
-LOCAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-FULL = find_data_dir(os.path.dirname(os.path.abspath(__file__)))
+LOCAL = os.path.join(ROOT, "tests", "data")
+FULL = find_data_dir(os.path.join(ROOT, "tests"))
 DATA = FULL or LOCAL
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="tests/data missing and MEZO_DATA_DIR unset")
 needs_full_data = pytest.mark.skipif(FULL is None, reason="needs the full ../shared/data (or MEZO_DATA_DIR)")

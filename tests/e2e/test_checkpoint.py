@@ -172,7 +172,7 @@ def _wait_steps(out, n, proc, timeout=120):
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tiny, tmp_path):
-    from mezo.checkpoint import EXIT_PREEMPTED
+    from mezo.errors import EXIT_PREEMPTED
     ref, out = tmp_path / "ref", tmp_path / "pre"
     p = _start(tiny, out)
     _wait_steps(out, 2, p)

@@ -14,11 +14,10 @@ import sys
 import pandas as pd
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from mezo.experiments import grids, presets, report, slurm  # noqa: E402
-from mezo.experiments.command import SCRIPT  # noqa: E402
+from helpers import ROOT
+from mezo import hparams
+from mezo.experiments import grids, presets, report, slurm
+from mezo.experiments.command import SCRIPT, flag_args
 
 REQUIRED_PRESETS = ["quick_test", "roberta_sst2_reproduction", "roberta_grid_search", "opt13b_sst2_mezo_ft",
                     "opt13b_sst2_mezo_prefix", "opt13b_sst2_mezo_lora", "opt13b_icl_sst2", "opt13b_zero_shot_sst2"]
@@ -62,7 +61,7 @@ def test_opt_grid_sizes_match_table_16():
 
 def test_run_folders_are_unique_and_readable():
     for family in ("opt", "roberta"):
-        runs = grids.expand(family, grid_search=True, modes=list(grids.OPT_GRID if family == "opt" else grids.ROBERTA_GRID))
+        runs = grids.expand(family, grid_search=True, modes=list(hparams.MODES[family]))
         dirs = [r.rel_dir for r in runs]
         assert len(dirs) == len(set(dirs))
     r = grids.expand("roberta", tasks=["SST-2"], ks=[16], seeds=[42])[0]
@@ -119,7 +118,7 @@ def test_sbatch_single_node_without_account(tmp_path):
 # ---------------------------------------------------------------- presets
 def test_required_presets_exist_and_describe_their_source():
     names = presets.preset_names()
-    for name in REQUIRED_PRESETS + [f"opt13b_{t.lower()}_mezo" for t in grids.OPT_TASKS]:
+    for name in REQUIRED_PRESETS + [f"opt13b_{t.lower()}_mezo" for t in hparams.OPT_TASKS]:
         assert name in names, name
     for name in names:
         p = presets.load(name)
@@ -127,64 +126,140 @@ def test_required_presets_exist_and_describe_their_source():
         assert p.source, name
 
 
-def test_opt_task_presets_match_the_grid_defaults():
-    for task in grids.OPT_TASKS:
-        p = presets.load(f"opt13b_{task.lower()}_mezo")
-        want = grids.expand("opt", tasks=[task], modes=["mezo"])[0].args
-        assert {k: str(v) for k, v in p.args.items() if k != "output_dir"} == {k: str(v) for k, v in want.items()}
-
-
-def test_paper_values_in_presets():
-    lora, prefix = presets.load("opt13b_sst2_mezo_lora").args, presets.load("opt13b_sst2_mezo_prefix").args
-    assert (lora["learning_rate"], lora["zo_eps"], lora["batch_size"]) == ("5e-5", "1e-2", 16)
-    assert (prefix["learning_rate"], prefix["zo_eps"], prefix["num_prefix"]) == ("1e-3", "1e-1", 5)
-    rob = presets.load("roberta_sst2_reproduction").args
-    assert (rob["batch_size"], rob["max_steps"], rob["learning_rate"]) == (64, 100000, "1e-6")
+def test_quick_test_keeps_the_offline_defaults():
     quick = presets.load("quick_test").args
     assert "model_name" not in quick and "data_dir" not in quick  # the offline defaults: SmolLM2 + bundled SST-2
+    assert not quick.get("paper_hparams")  # a smoke test, not a paper setting: its own small values
+
+
+def _launch(*args):
+    out = subprocess.run([sys.executable, "launch_experiment.py", *args], cwd=ROOT, capture_output=True, text=True)
+    return out.returncode, out.stdout, out.stderr
 
 
 def test_launcher_dry_run_override_and_torchrun():
-    out = subprocess.run([sys.executable, "launch_experiment.py", "--config", "opt13b_sst2_mezo_lora", "--dry_run",
-                          "--override", "learning_rate=1e-4", "--override", "max_steps=10", "--nproc", "2"],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    cmd = shlex.split(out.stdout.strip().splitlines()[-1])
-    assert cmd[:4] == ["torchrun", "--nproc_per_node", "2", SCRIPT]
-    assert cmd[cmd.index("--learning_rate") + 1] == "1e-4" and cmd[cmd.index("--max_steps") + 1] == "10"
-    listing = subprocess.run([sys.executable, "launch_experiment.py", "--list"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
-    assert all(n in listing for n in REQUIRED_PRESETS)
+    rc, out, err = _launch("--config", "opt13b_sst2_mezo_lora", "--dry_run", "--override", "learning_rate=1e-4",
+                           "--override", "max_steps=10", "--nproc", "2")
+    assert rc == 0, err
+    cmd = shlex.split(out.strip().splitlines()[-1])
+    # the entry point reads the preset; the overrides follow it, so they win
+    assert cmd == ["torchrun", "--nproc_per_node", "2", SCRIPT, "--config", "configs/opt13b_sst2_mezo_lora.yaml",
+                   "--learning_rate", "1e-4", "--max_steps", "10"]
+    rc, out, _ = _launch("--config", "quick_test", "--dry_run")
+    assert shlex.split(out.strip())[1:] == [SCRIPT, "--config", "configs/quick_test.yaml"]
+    rc, listing, _ = _launch("--list")
+    assert rc == 0 and all(n in listing for n in REQUIRED_PRESETS)
 
 
-def _training_commands():
+def test_launcher_driver_preset_gets_its_flags():
+    rc, out, err = _launch("--config", "roberta_grid_search", "--dry_run", "--nproc", "2",
+                           "--override", "create_slurm=true")
+    assert rc == 0, err
+    assert shlex.split(out.strip())[1:] == ["run_mezo_paper_experiments.py", "--model_family", "roberta",
+                                            "--grid_search", "--output_dir", "outputs/roberta_grid_search",
+                                            "--create_slurm", "--nproc", "2"]
+
+
+def test_launcher_errors_are_one_line():
+    rc, _, err = _launch("--config", "quick_tset", "--dry_run")
+    assert rc == 2 and "unknown preset 'quick_tset'" in err and "did you mean: quick_test" in err
+    rc, _, err = _launch("--config", "quick_test", "--override", "memory_logging=false", "--dry_run")
+    assert rc == 2 and "cannot remove it" in err and "memory_logging: false" in err
+
+
+# ---------------------------------------------------------------- the entry point's --config
+@pytest.fixture(scope="module")
+def parser():
+    config = pytest.importorskip("mezo.config")
+    return config.build_parser()
+
+
+def _preset(folder, name, text):
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_argv_with_config_puts_the_preset_first_and_flags_win(parser, tmp_path):
+    argv = presets.argv_with_config(["--config", "configs/quick_test.yaml", "--learning_rate", "3e-4"], parser)
+    assert argv[:2] == ["--task_name", "SST2"] and "--memory_logging" in argv and "--config" not in argv
+    args = parser.parse_args(argv)
+    assert (args.learning_rate, args.batch_size, args.max_steps, args.memory_logging) == (3e-4, 4, 10, True)
+    # --config=NAME: a bare name is a preset of configs/; a preset's nproc is the launcher's, ignored here
+    base = _preset(tmp_path, "base", "nproc: 4\nargs:\n  seed: 1\n  batch_size: 8\n  use_lora: true\n")
+    child = _preset(tmp_path, "child", "extends: base\nargs:\n  seed: 2\n  use_lora: false\n")
+    assert presets.argv_with_config([f"--config={child}", "--seed", "3"], parser) == \
+        ["--seed", "2", "--batch_size", "8", "--seed", "3"]
+    assert parser.parse_args(presets.argv_with_config(["--config", child, "--seed", "3"], parser)).seed == 3
+    assert presets.argv_with_config([f"--config={base}"], parser) == ["--seed", "1", "--batch_size", "8", "--use_lora"]
+    assert presets.argv_with_config(["--config=quick_test"], parser) == \
+        presets.argv_with_config(["--config", "configs/quick_test.yaml"], parser)
+    assert presets.argv_with_config(["--seed", "3"], parser) == ["--seed", "3"]
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("typo", "args:\n  lerning_rate: 1e-4\n", "typo.yaml: unknown flag 'lerning_rate' in args (valid: learning_rate"),
+    ("nothing_close", "args:\n  zzqqx: 1\n", "nothing_close.yaml: unknown flag 'zzqqx' in args (see "),
+    ("syntax", "args:\n  seed: [1, 2\n  lr: 3\n", "syntax.yaml: invalid YAML at line 3: expected ',' or ']'"),
+    ("field", "arg:\n  seed: 1\n", "field.yaml: unknown field 'arg' (valid: description, source, script, nproc"),
+    ("notmap", "- 1\n", "notmap.yaml: a preset is a mapping of"),
+    ("nested", "args:\n  seed: {a: 1}\n", "nested.yaml: args: seed must be"),
+    ("recursive", "args:\n  config: other.yaml\n", "recursive.yaml: args cannot hold config"),
+    ("driver", "script: run_mezo_paper_experiments.py\nargs:\n  grid_search: true\n",
+     "driver.yaml: script is run_mezo_paper_experiments.py, not accelerate_mezo.py: run it with python "
+     "launch_experiment.py --config driver"),
+    ("orphan", "extends: nowhere\n", "orphan.yaml: extends: unknown preset 'nowhere'"),
+    ("loop", "extends: loop\n", "loop.yaml: extends itself: loop.yaml -> loop.yaml"),
+])
+def test_argv_with_config_errors_name_the_file(parser, tmp_path, name, text, needle):
+    path = _preset(tmp_path, name, text)
+    with pytest.raises(ValueError) as e:
+        presets.argv_with_config(["--seed", "1", "--config", path], parser)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_argv_with_config_bad_command_lines(parser, tmp_path):
+    for argv, needle in [(["--config", str(tmp_path / "missing.yaml")], "missing.yaml: no such preset file"),
+                         (["--config", "no_such_preset"], "unknown preset 'no_such_preset'"),
+                         (["--config"], "--config needs a preset"),
+                         (["--config", "quick_test", "--config=quick_test"], "--config is given twice")]:
+        with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+            presets.argv_with_config(argv, parser)
+    # the inherited flag is named in the file that sets it
+    _preset(tmp_path, "bad_base", "args:\n  lerning_rate: 1\n")
+    child = _preset(tmp_path, "good_child", "extends: bad_base\nargs:\n  seed: 1\n")
+    with pytest.raises(ValueError, match="bad_base.yaml: unknown flag 'lerning_rate'"):
+        presets.argv_with_config(["--config", child], parser)
+
+
+def test_presets_module_imports_neither_torch_nor_the_config():
+    code = ("import sys; import mezo.experiments.presets, mezo.hparams; "
+            "assert 'torch' not in sys.modules and 'mezo.config' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def _training_commands(parser):
     """(label, argv after the script) for every preset; grid presets contribute their first runs."""
     out = []
     for name in presets.preset_names():
         p = presets.load(name)
         if p.script == SCRIPT:
             cmd = p.command()
-            out.append((name, cmd[cmd.index(SCRIPT) + 1:]))
+            out.append((name, presets.argv_with_config(cmd[cmd.index(SCRIPT) + 1:], parser)))
         else:
             family = p.args["model_family"]
             for run in grids.expand(family, grid_search=bool(p.args.get("grid_search")))[:3]:
-                from mezo.experiments.command import flag_args
                 out.append((f"{name}:{run.name}", flag_args(grids.with_output(run, "x"))))
     for family in ("opt", "roberta"):  # every mode of both grids
-        modes = list(grids.OPT_GRID if family == "opt" else grids.ROBERTA_GRID)
+        modes = list(hparams.MODES[family])
         for run in grids.expand(family, modes=modes, tasks=None, seeds=None)[: len(modes) * 2]:
-            from mezo.experiments.command import flag_args
             out.append((run.name, flag_args(grids.with_output(run, "x"))))
     return out
 
 
-def test_every_preset_dry_run_parses_with_the_training_parser():
-    try:
-        from mezo.config import build_parser
-    except ImportError:
-        pytest.skip("mezo.config.build_parser is not there yet")
-    parser = build_parser()
+def test_every_preset_dry_run_parses_with_the_training_parser(parser):
     rejected = []
-    for label, argv in _training_commands():
+    for label, argv in _training_commands(parser):
         try:
             _, unknown = parser.parse_known_args(argv)
         except SystemExit:

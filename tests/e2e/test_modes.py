@@ -8,7 +8,6 @@ End to end (accelerate_mezo.py): each mode on one process and under a 2-process 
 FSDP2 run: MeZO modes and linear probing give the same bits; backprop the same first loss and
 gradients equal up to FSDP2's reduce-scatter order (see mezo/backprop.py).
 """
-import argparse
 import json
 import os
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from helpers import SAMPLE, build_model, build_roberta, run_script
 
 from mezo import models, peft_modes
+from mezo.config import PeftConfig
 from mezo.scoring import Encoder, classification_loss, scores
 from mezo.tasks import get_task
 from mezo.zo import ZOEngine
@@ -33,12 +33,10 @@ def tiny(tmp_path_factory):
             "roberta": build_roberta(str(root / "roberta"))}
 
 
-def _args(mode: str, out: str, **kw) -> argparse.Namespace:
-    a = dict(use_lora=mode == "lora", prefix_tuning=mode.startswith("prefix"), lora_r=4, lora_alpha=8,
-             lora_target_modules=None, lora_dropout=0.0, num_prefix=3, prefix_init_by_real_act=mode != "prefix_random",
-             trainer="mezo", seed=0, output_dir=out, model_name="tiny", save_model=False)
-    a.update(kw)
-    return argparse.Namespace(**a)
+def _peft(mode: str) -> PeftConfig:
+    return PeftConfig(use_lora=mode == "lora", prefix_tuning=mode.startswith("prefix"), lora_r=4, lora_alpha=8,
+                      lora_target_modules=None, lora_dropout=0.0, num_prefix=3,
+                      prefix_init_by_real_act=mode != "prefix_random")
 
 
 def _load(path: str, arch: str):
@@ -68,8 +66,8 @@ HP_ROBERTA_PREFIX = (20.0, 1e-1)
 def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
     torch.manual_seed(0)
     model, tok, enc, batch = _load(tiny[arch], arch)
-    args = _args(mode, str(tmp_path / "out"))
-    model = peft_modes.prepare(args, model, tok)
+    peft = _peft(mode)
+    model = peft_modes.prepare(peft, "mezo", 0, model, tok)
     names = [n for n, _ in peft_modes.trainable(model)]
     if mode == "lora":
         assert names and all("lora_A" in n or "lora_B" in n for n in names)
@@ -106,7 +104,7 @@ def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
         trained = torch.stack(scores(model, enc, batch))
 
     # save, reload onto a fresh copy of the base, same scores
-    peft_modes.save(args, model, tok, main=True)
+    peft_modes.save(peft, str(tmp_path / "out"), False, "tiny", model, tok, main=True)
     fresh, _, _, _ = _load(tiny[arch], arch)
     if mode == "lora":
         from peft import PeftModel

@@ -1,0 +1,105 @@
+"""mezo/config.py and mezo/resume.py: flags resolve once into a frozen Config; each rule is
+checked in one place; the resume plan is a field, the user's flags stay as given. No model is
+loaded: the default model's family comes from the offline package's file name."""
+import dataclasses
+import os
+
+import pytest
+
+from helpers import SAMPLE
+from mezo import config, resume, trajectory as T
+from mezo.errors import BadInput
+
+
+def _cfg(tmp_path, *flags, world=1):
+    ns = config.build_parser().parse_args(["--output_dir", str(tmp_path / "out"), *flags])
+    return config.resolve(ns, world)
+
+
+def test_sections_are_frozen_and_the_namespace_is_not_touched(tmp_path):
+    ns = config.build_parser().parse_args(["--output_dir", str(tmp_path), "--max_train_samples", "7"])
+    before = dict(vars(ns))
+    cfg = config.resolve(ns)
+    assert vars(ns) == before  # resolve reads the flags, writes nothing back
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.learning_rate = 1.0
+    with pytest.raises(TypeError):
+        cfg.flags["learning_rate"] = 1.0
+    assert cfg.data.num_train == 7 and cfg.flags["num_train"] == 7  # --max_train_samples wins
+
+
+def test_derived_values_are_fields(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert (cfg.model.family, cfg.model.task_family, cfg.data.family) == ("llama", "causal", "causal")
+    assert cfg.data.task_name == "SST2" and os.path.samefile(cfg.data.data_dir, SAMPLE)  # bundled, no --data_dir
+    assert cfg.train.forward_batch_size == 2 and cfg.data.num_eval == 200  # auto on CPU; causal default
+    assert cfg.train.trainer == "mezo" and cfg.mode == "mezo" and cfg.checkpoint.plan.fresh
+    assert _cfg(tmp_path, "--zero_shot", "--num_train", "0").train.trainer == "zero_shot"
+    assert _cfg(tmp_path, "--trainer", "ft", "--use_lora").mode == "ft_lora"
+    assert _cfg(tmp_path, "--data_dir", "hub").data.data_dir is None
+
+
+@pytest.mark.parametrize("flags,master", [([], False), (["--master_weights"], True), (["--dtype", "bf16"], True),
+                                          (["--dtype", "bf16", "--no_master_weights"], False)])
+def test_master_weights_resolved_per_dtype(tmp_path, flags, master):
+    assert _cfg(tmp_path, *flags).zo.master_weights is master
+
+
+def test_settings_are_the_trajectory_header(tmp_path):
+    cfg = _cfg(tmp_path, "--seed", "7", "--dtype", "bf16")
+    h = T.header(cfg.settings(), world_size=2)
+    assert h["seed"] == 7 and h["master_weights"] is True and h["fused"] is True and h["world_size"] == 2
+    assert set(resume.MUST_MATCH) <= set(cfg.settings())
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--trainer", "ft", "--non_diff"], "--non_diff needs --trainer mezo"),
+    (["--trainer", "linear_probe", "--use_lora"], "--trainer linear_probe trains a classifier"),
+    (["--trainer", "ft", "--dtype", "fp16"], "needs loss scaling"),
+    (["--zo_eps", "0"], "--zo_eps must be > 0 (got 0.0)"),
+    (["--save_steps", "-1"], "--save_steps must be >= 0 (got -1)"),
+    (["--k", "16"], "--k 16 applies to masked-LM tasks"),
+    (["--batch_size", "3"], "is not divisible by the number of processes (2)"),
+])
+def test_each_rule_raises_bad_input_naming_the_flag(tmp_path, flags, needle):
+    with pytest.raises(BadInput) as e:
+        _cfg(tmp_path, *flags, world=2)
+    assert needle in str(e.value)
+
+
+def test_parse_prints_one_line_and_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        config.parse(["--output_dir", str(tmp_path), "--learning_rate", "-1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["accelerate_mezo.py: error: --learning_rate must be > 0 (got -1.0)"]
+
+
+def test_auto_resume_plan_keeps_the_flags_as_given(tmp_path):
+    """A trajectory in --output_dir and no checkpoint: auto replays it; --resume_trajectory stays
+    the user's (None) and the plan says what happens."""
+    cfg = _cfg(tmp_path, "--max_steps", "5")
+    path = os.path.join(cfg.output.dir, T.FILENAME)
+    w = T.Writer(path, header=T.header(cfg.settings(), 1))
+    w.write(1, [1], [0.5], 1e-5, 1e-3, 0.0)
+    w.close()
+    auto = _cfg(tmp_path, "--max_steps", "5", "--resume_from_checkpoint", "auto")
+    assert auto.checkpoint.plan == resume.ResumePlan(trajectory=path)
+    assert auto.checkpoint.resume_trajectory is None and auto.checkpoint.resume_from_checkpoint == "auto"
+    with pytest.raises(BadInput, match="was written with --seed 42, this run has 1"):
+        _cfg(tmp_path, "--max_steps", "5", "--resume_from_checkpoint", "auto", "--seed", "1")
+
+
+def test_compatibility_reads_old_manifests():
+    """Manifests before the one key list recorded master weights as "use_master"."""
+    s = {"model_name": "m", "gguf_file": None, **{k: 0 for k in resume.MUST_MATCH}, "master_weights": True,
+         "lr_scheduler_type": "constant"}
+    old = {**{k: v for k, v in s.items() if k != "master_weights"}, "use_master": False}
+    with pytest.raises(BadInput, match="--master_weights/--no_master_weights False"):
+        resume.check_compatible("ckpt", old, s)
+    resume.check_compatible("ckpt", {**old, "use_master": True}, s)
+
+
+def test_every_flag_lands_in_run_config(tmp_path):
+    dests = {a.dest for a in config.build_parser()._actions if a.dest not in ("help", "config")}
+    assert dests <= set(_cfg(tmp_path).flags)

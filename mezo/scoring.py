@@ -98,13 +98,14 @@ class Encoder:
         return Encoded(ids, cands, None, pos)
 
     def stop_ids(self, vocab: int) -> torch.Tensor:
-        """Bool [vocab]: tokens that contain a newline, or EOS (generation stops there)."""
+        """Bool [vocab]: where generation stops, as the reference's generate(eos_token_id=[the
+        last token of encode("\n"), EOS]) (princeton-nlp/MeZO large_models/run.py): the newline
+        token itself and EOS, not the other tokens that hold a newline (e.g. "\n\n")."""
         if self._stop is None or len(self._stop) != vocab:
-            texts = self.tok.batch_decode([[i] for i in range(min(vocab, len(self.tok)))])
             stop = torch.zeros(vocab, dtype=torch.bool)
-            stop[[i for i, t in enumerate(texts) if "\n" in t]] = True
-            if self.tok.eos_token_id is not None and self.tok.eos_token_id < vocab:
-                stop[self.tok.eos_token_id] = True
+            for i in (self.tok("\n", add_special_tokens=False).input_ids[-1:] + [self.tok.eos_token_id]):
+                if i is not None and i < vocab:
+                    stop[i] = True
             self._stop = stop
         return self._stop
 
@@ -249,9 +250,9 @@ def predict(model, enc: Encoder, samples: list[Sample]) -> list[int]:
 @torch.no_grad()
 def generate(model, enc: Encoder, samples: list[Sample], max_new_tokens: int | None = None,
              sync=None) -> list[str]:
-    """Greedy decoding with a KV cache over a left-padded batch; each output stops at its first
-    newline (or EOS) and is decoded, cut at the newline and stripped (the reference's
-    eos_token "\\n"). `sync(done_count) -> total` keeps ranks in lockstep under FSDP."""
+    """Greedy decoding with a KV cache over a left-padded batch; each output stops at the newline
+    token or EOS (Encoder.stop_ids) and is decoded without special tokens and stripped, as the
+    reference's. `sync(done_count) -> total` keeps ranks in lockstep under FSDP."""
     max_new = enc.max_new_tokens if max_new_tokens is None else max_new_tokens
     device = next(model.parameters()).device
     ids, mask = _left_pad([enc(s)[0] for s in samples], enc.pad_id)
@@ -288,7 +289,7 @@ def generate(model, enc: Encoder, samples: list[Sample], max_new_tokens: int | N
     texts = []
     for row in toks:
         row = [t for t in row if t >= 0]
-        texts.append(enc.tok.decode(row, skip_special_tokens=True).split("\n")[0].strip())
+        texts.append(enc.tok.decode(row, skip_special_tokens=True).strip())
     return texts
 
 

@@ -103,9 +103,12 @@ class Checkpointer:
             for tmp in glob.glob(os.path.join(self.root, ".tmp-step_*")):  # leftovers of an interrupted save
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def load_model(self, path: str) -> None:
+    def load_model(self, path: str) -> dict:
+        """The model shards of checkpoint `path` (resharded to this world size); returns its manifest."""
         self._load({"model": self.model.state_dict()}, path)
-        self.last, self.last_step = path, int(read_manifest(path)["step"])
+        m = read_manifest(path)
+        self.last, self.last_step = path, int(m["step"])
+        return m
 
     def load_master(self, engine, path: str) -> None:
         """The fp32 master shards into the engine (after load_model)."""

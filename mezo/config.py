@@ -459,13 +459,6 @@ def _data_dir(ns, task, family: str, zero_shot: bool) -> str | None:
     return data_dir
 
 
-def _check_writable(flag: str, folder: str) -> None:
-    try:
-        telemetry.check_writable(folder)
-    except OSError as e:
-        raise BadInput(f"{flag} {folder}: not writable ({e.strerror or e})") from None
-
-
 def _trainer(ns) -> str:
     if ns.zero_shot and ns.icl:
         raise BadInput("--zero_shot and --icl are two different baselines: pass one")
@@ -539,7 +532,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     if ns.output_dir is None:
         ns.output_dir = os.path.join("outputs", f"{task.name}_{mode_name(trainer, peft)}_{time.strftime('%Y%m%d-%H%M%S')}")
     output = OutputConfig(ns.output_dir, ns.save_model, ns.memory_logging, ns.memory_interval, ns.log_steps)
-    _check_writable("--output_dir", output.dir)
+    telemetry.check_writable("--output_dir", output.dir)
     plan = resume.plan(ns.resume_from_checkpoint, ns.resume_trajectory, output.dir, settings(model, data, train, zo))
     checkpoint = CheckpointConfig(ns.save_steps, ns.save_total_limit, ns.skip_nonfinite, ns.resume_from_checkpoint,
                                   ns.resume_trajectory, plan)

@@ -61,11 +61,10 @@ def main(argv=None) -> int:
         if not 0 <= a.steps <= len(entries):
             _fail(f"--steps {a.steps}: the trajectory has {len(entries)} steps")
         entries = entries[:a.steps]
-    out_parent = os.path.dirname(os.path.abspath(a.output)) or "."
     try:
-        check_writable(out_parent)
-    except OSError as e:
-        _fail(f"--output {out_parent}: not writable ({e.strerror or e})")
+        check_writable("--output", os.path.dirname(os.path.abspath(a.output)) or ".")
+    except errors.BadInput as e:
+        _fail(str(e))
     dtype = a.dtype or header["dtype"]
     if dtype != header["dtype"]:
         print(f"{PROG}: warning: training ran in {header['dtype']}, replaying in {dtype}: not bit-identical",

@@ -162,8 +162,7 @@ def restore(p: ResumePlan, ckpt: checkpoint.Checkpointer, metrics) -> Restored:
     """Load the plan's checkpoint shards (resharded to this world size) and its metrics, or read
     the trajectory to replay; the engine does not exist yet (see attach)."""
     if p.checkpoint:
-        ckpt.load_model(p.checkpoint)
-        m, st = checkpoint.read_manifest(p.checkpoint), checkpoint.read_state(p.checkpoint)
+        m, st = ckpt.load_model(p.checkpoint), checkpoint.read_state(p.checkpoint)
         r = Restored(start=int(m["step"]), skipped=int(st.get("skipped_nonfinite", 0)),
                      source=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(p.checkpoint))), T.FILENAME))
         rng = (st.get("rng") or {}).get("torch_cpu_state")

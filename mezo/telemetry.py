@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from mezo.errors import BadInput
+
 log = logging.getLogger("mezo")
 
 
@@ -32,12 +34,15 @@ def write_json(path: str, obj) -> None:
         raise
 
 
-def check_writable(folder: str) -> None:
-    """Create `folder` if needed and write a file in it; raises OSError when that fails."""
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-    os.close(fd)
-    os.unlink(tmp)
+def check_writable(flag: str, folder: str) -> None:
+    """Create `folder` if needed and write a file in it; BadInput naming `flag` when that fails."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise BadInput(f"{flag} {folder}: not writable ({e.strerror or e})") from None
 
 
 def setup_logging(output_dir: str | None, main: bool) -> None:

@@ -117,9 +117,8 @@ def continue_log(path: str, src: str | None, start: int, fresh: dict) -> Writer:
             if raw:
                 keep = raw[:start - first + 1]
             else:
-                keep = [json.dumps(h)] + [json.dumps(record(e.step, e.seeds, [c * len(e.seeds) for c in e.coefs], e.lr,
-                                                            e.eps, e.wd, e.skipped), separators=(",", ":"))
-                                          for e in entries[:start - first]]
+                keep = [json.dumps(h)] + [_dumps(record(e.step, e.seeds, [c * len(e.seeds) for c in e.coefs], e.lr,
+                                                        e.eps, e.wd, e.skipped)) for e in entries[:start - first]]
     except (OSError, TrajectoryError) as e:
         log.warning("trajectory %s unreadable (%s)", src, e)
     if keep is None:

@@ -66,6 +66,20 @@ def z_from_index(idx: torch.Tensor, k: torch.Tensor, dist: str) -> torch.Tensor:
     return r * torch.cos(TWO_PI * _uniform(h2))
 
 
+def z_range(start: torch.Tensor, n: int, k: torch.Tensor, dist: str) -> torch.Tensor:
+    """z for the n consecutive global indices start .. start+n-1 (start: an int32 scalar tensor,
+    so that torch.compile'd callers do not recompile per offset). The one entry point of the
+    sweep kernels: a generator that makes several values per counter fills a range at once."""
+    return z_from_index(torch.arange(n, dtype=torch.int32, device=k.device) + start, k, dist)
+
+
+def bits_range(start: torch.Tensor, n: int, k: torch.Tensor) -> torch.Tensor:
+    """32 random bits (int32) per index start .. start+n-1 under keys k: for stochastic rounding.
+    Use keys of their own (e.g. keys(seed, name + "#sr")) so they are independent of z."""
+    idx = torch.arange(n, dtype=torch.int32, device=k.device) + start
+    return mix(mix(idx ^ k[0]) ^ k[1])
+
+
 MAX_NUMEL = (1 << 31) - 1  # element indices are int32: one tensor may hold up to 2**31 - 1 elements
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Mapping
 
-from mezo import distributed as D, errors, hparams, models, resume, telemetry
+from mezo import distributed as D, errors, hparams, models, resume, selection, telemetry
 from mezo.batches import forward_batch_size
 from mezo.experiments import presets
 from mezo.errors import BadInput
@@ -116,6 +116,7 @@ class TrainConfig:
     eval_batch_size: int
     no_initial_eval: bool
     num_demos: int              # icl: demonstrations per test example
+    selection_metric: str       # which evaluation is the result: dev_loss | dev_metric | last (mezo/selection.py)
 
     def __post_init__(self):
         _positive(self.learning_rate, "learning_rate")
@@ -322,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight_decay", type=float, default=0.0)
     a("--seed", type=int, default=42)
     a("--no_initial_eval", action="store_true", help="skip the zero-shot evaluation before training")
+    a("--selection_metric", choices=selection.FLAG_CHOICES, default="auto",
+      help="which evaluation's test score is the run's result: dev_loss (the lowest; the reference's OPT runs, "
+           "--load_best_model_at_end), dev_metric (the highest dev accuracy / F1; the reference's RoBERTa runs), "
+           "last; auto: dev_metric for --model_family roberta, else dev_loss")
     a("--paper_hparams", action="store_true",
       help="fill the paper's defaults for the family and mode (batch, lr, eps, steps, eval interval, schedule, "
            "data sizes, LoRA r/alpha) where the flag is not given")
@@ -516,9 +521,10 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
         raise BadInput(str(e)) from None
 
     model = ModelConfig(ns.model_name, ns.gguf_file, ns.dtype, ns.model_family, ns.max_length, ns.max_new_tokens)
+    ns.selection_metric = selection.resolve(ns.selection_metric, family)
     train = TrainConfig(trainer, ns.seed, ns.batch_size, ns.forward_batch_size, ns.gradient_accumulation_steps,
                         ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
-                        ns.eval_batch_size, ns.no_initial_eval, ns.num_demos)
+                        ns.eval_batch_size, ns.no_initial_eval, ns.num_demos, ns.selection_metric)
     zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples,
                   ns.master_weights if ns.dtype == "fp32" else not ns.no_master_weights,
                   ns.zo_backend, not ns.no_fuse, ns.non_diff)

@@ -106,5 +106,6 @@ def why(final: dict, n_evals: int) -> str:
         reason = "the last"
     text = f"step {sel['step']}: {reason} of {n_evals} evaluations"
     if last and last["step"] != sel["step"]:
-        text += f"; the last (step {last['step']}) has test " + ", ".join(f"{k} {v:.4f}" for k, v in last["test"].items())
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in last["test"].items())
+        text += f"; the last (step {last['step']}) has test {scores}"
     return text

@@ -118,13 +118,15 @@ def select_best(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.Data
                          dev_mean=best["dev"].astype(float).mean(), test_mean=test.mean(),
                          test_std=test.std() if len(test) > 1 else np.nan,  # numpy ddof=0, as gather_result.py
                          selected_not_last=not_last,
-                         selected_steps=", ".join(f"{_int(a)}/{_int(b)}" for a, b in zip(best["selected_step"], best["last_eval_step"]))
+                         selected_steps=", ".join(f"{_int(a)}/{_int(b)}" for a, b in
+                                                  zip(best["selected_step"], best["last_eval_step"]))
                          if "selected_step" in best else "",
                          peak_memory_gib=best["peak_memory_gib"].max() if "peak_memory_gib" in best else np.nan,
                          peak_memory_source=_joined(best.get("peak_memory_source", [])),
                          median_step_time_s=_median(best.get("median_step_time_s", [])),
                          first_step_time_s=_median(best.get("first_step_time_s", [])),
-                         device_hours=g["device_hours"].astype(float).sum(min_count=1) if "device_hours" in g else np.nan))
+                         device_hours=g["device_hours"].astype(float).sum(min_count=1)
+                         if "device_hours" in g else np.nan))
     return pd.DataFrame(rows)
 
 
@@ -157,7 +159,8 @@ def attach_paper(best: pd.DataFrame, paper: pd.DataFrame, memory: pd.DataFrame |
         ps = p["std"] if p is not None else np.nan
         pm = np.nan
         if task_key(r["task"]) == MEMORY_TASK and r.get("peak_memory_source") == "nvidia-smi":
-            mm = memory[(memory["model_size"] == r["model_size"]) & (memory["method"] == MEMORY_METHOD.get(r["mode"], "-"))]
+            mm = memory[(memory["model_size"] == r["model_size"])
+                        & (memory["method"] == MEMORY_METHOD.get(r["mode"], "-"))]
             pm = mm["memory_gb"].iloc[0] if len(mm) else np.nan
         ratio = r["peak_memory_gib"] / pm if not pd.isna(pm) and not pd.isna(r.get("peak_memory_gib")) else np.nan
         diff = r["test_mean"] - pv if not pd.isna(pv) else np.nan

@@ -4,9 +4,10 @@
     python analyze_mezo_results.py --results_dir outputs/paper --output_dir outputs/analysis --create_plots
 
 Writes table_1_opt13b_results.csv, table_18_roberta_results.csv, table_20_opt_results.csv,
-table_22_memory_analysis.csv, table_23_wallclock.csv, all_results.csv, mezo_reproduction_report.md
-and (with --create_plots) plots/*.png. Runs in progress, killed or with unreadable JSON are listed
-in the report, never fatal.
+table_22_memory_analysis.csv, table_23_wallclock.csv, all_results.csv (one row per cell: ours,
+the paper's, the verdict, memory, step time, device-hours), runs.csv (one row per run),
+mezo_reproduction_report.md and (with --create_plots) plots/*.png. Runs in progress, killed or with
+unreadable JSON are listed in the report, never fatal.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-from mezo.evaluation import evaluate
-from mezo.results import headline
+from mezo.evaluation import evaluate, evaluate_with_loss
+from mezo.results import record_final
 from mezo.splits import icl_samples
 from mezo.telemetry import log
 
@@ -33,18 +33,18 @@ def train(run) -> dict:
         log.info("icl: %d demos per test sample, prompts %d-%d tokens (cap %d)", t.num_demos, min(lens),
                  max(lens), enc.max_length)
     preds: list = []
-    rec = {"step": 0, "dev": evaluate(model, enc, splits.dev, t.eval_batch_size) if not icl else {},
-           "test": evaluate(model, enc, test, t.eval_batch_size, predictions=preds)}
+    dev, dev_loss = evaluate_with_loss(model, enc, splits.dev if not icl else [], t.eval_batch_size, task.train_loss)
+    rec = {"step": 0, "dev": dev, "test": evaluate(model, enc, test, t.eval_batch_size, predictions=preds),
+           "dev_loss": dev_loss}
     metrics.data[name] = {"test": rec["test"], "num_demos": t.num_demos if icl else 0}
     if name == "zero_shot":
         metrics.data["zero_shot"] = {"test": rec["test"]}
     metrics.eval(rec)
-    metrics.data["final"] = {"dev": rec["dev"], "test": rec["test"], "best_dev_step": None, "baseline": name}
-    metrics.save("completed")
     if main:
         with open(os.path.join(run.cfg.output.dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
             for s, p in preds:
                 f.write(json.dumps({"prompt_tail": s.prompt[-200:], "prediction": p,
                                     "gold": s.answers if s.answers is not None else s.gold_ids}) + "\n")
-        print(f"{name.replace('_', '-')} test {headline(rec['test'])}", flush=True)
+    # one evaluation: it is the result
+    record_final(metrics, t.selection_metric, main, label=name.replace("_", "-"), baseline=name)
     return metrics.data

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Mapping
 
-from mezo import distributed as D, errors, hparams, models, resume, telemetry
+from mezo import distributed as D, errors, hparams, models, resume, selection, telemetry
 from mezo.batches import forward_batch_size
 from mezo.experiments import presets
 from mezo.errors import BadInput
@@ -39,6 +39,11 @@ FAMILIES = ("auto", "opt", "llama", "roberta")
 KS = (16, 512)
 DATA_SEEDS = (13, 21, 42, 87, 100)
 TRAINERS = ("mezo", "ft", "linear_probe")
+# unset --num_dev / --num_eval: the reference's sizes (large_models/mezo.sh: DEV 500, 100 for CB
+# and Copa, i.e. mezo.tasks' num_dev; EVAL 1000), except on the bundled SST-2 sample, where the
+# offline default run (README "The default run") keeps its small sizes
+NUM_EVAL = 1000
+BUNDLED_NUM_DEV, BUNDLED_NUM_EVAL = 100, 200
 LORA_TARGETS_HELP = "q_proj,v_proj (OPT, Llama), query,value (RoBERTa)"
 
 
@@ -81,7 +86,7 @@ class DataConfig:
     text_column: str | None
     data_dir: str | None        # a local copy; None: the hub (datasets.load_dataset)
     num_train: int              # --max_train_samples applied
-    num_dev: int
+    num_dev: int | None         # None (masked LM): the k-shot dev set
     num_eval: int | None        # None (masked LM): all of the test set
     train_set_seed: int
     k: int | None               # masked LM: examples per class
@@ -116,6 +121,7 @@ class TrainConfig:
     eval_batch_size: int
     no_initial_eval: bool
     num_demos: int              # icl: demonstrations per test example
+    selection_metric: str       # which evaluation is the result: dev_loss | dev_metric | last (mezo/selection.py)
 
     def __post_init__(self):
         _positive(self.learning_rate, "learning_rate")
@@ -295,10 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
            "datasets.load_dataset; default: the bundled SST-2 sample for SST2, else the hub")
     a("--num_train", type=int, default=1000, help="training examples (reference sampling)")
     a("--max_train_samples", type=int, default=None, help="cap on training examples (alias that wins over --num_train)")
-    a("--num_dev", type=int, default=100, help="dev examples drawn from train (reference: 500; CB/Copa 100)")
+    a("--num_dev", type=int, default=None,
+      help=f"dev examples drawn from train; unset: the reference's {hparams.OPT_DEV} "
+           f"({', '.join(f'{t} {n}' for t, n in hparams.OPT_SMALL_DEV.items())}), and {BUNDLED_NUM_DEV} on the "
+           "bundled SST-2 sample (the offline default run); masked-LM tasks: the k-shot dev set")
     a("--num_eval", type=int, default=None,
-      help="test examples from the validation split (default 200; reference: 1000); masked-LM tasks: "
-           "default all of the test set (<= 1000)")
+      help=f"test examples from the validation split; unset: the reference's {NUM_EVAL}, and {BUNDLED_NUM_EVAL} "
+           "on the bundled SST-2 sample (the offline default run); masked-LM tasks: all of the test set (<= 1000)")
     a("--train_set_seed", type=int, default=0, help="seed of the train/dev permutation")
     a("--k", type=int, default=None, help="roberta: examples per class for train and for dev (16 or 512; default 16)")
     a("--data_seed", type=int, default=None, help="roberta: k-shot sampling seed (13, 21, 42, 87, 100; default 42)")
@@ -322,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight_decay", type=float, default=0.0)
     a("--seed", type=int, default=42)
     a("--no_initial_eval", action="store_true", help="skip the zero-shot evaluation before training")
+    a("--selection_metric", choices=selection.FLAG_CHOICES, default="auto",
+      help="which evaluation's test score is the run's result: dev_loss (the lowest; the reference's OPT runs, "
+           "--load_best_model_at_end), dev_metric (the highest dev accuracy / F1; the reference's RoBERTa runs), "
+           "last; auto: dev_metric for --model_family roberta, else dev_loss")
     a("--paper_hparams", action="store_true",
       help="fill the paper's defaults for the family and mode (batch, lr, eps, steps, eval interval, schedule, "
            "data sizes, LoRA r/alpha) where the flag is not given")
@@ -459,6 +472,19 @@ def _data_dir(ns, task, family: str, zero_shot: bool) -> str | None:
     return data_dir
 
 
+def _default_sizes(ns, task, family: str) -> None:
+    """Unset --num_dev / --num_eval of a causal task: the reference's (the task's num_dev: 500,
+    CB and Copa 100; NUM_EVAL test examples), or the offline default run's small sizes when the
+    data is the bundled SST-2 sample. Masked LMs keep None (the k-shot dev set, all of the test set)."""
+    if family == "mlm":
+        return
+    bundled = ns.data_dir is not None and os.path.realpath(ns.data_dir) == os.path.realpath(BUNDLED_DATA)
+    if ns.num_dev is None:
+        ns.num_dev = BUNDLED_NUM_DEV if bundled else task.num_dev
+    if ns.num_eval is None:
+        ns.num_eval = BUNDLED_NUM_EVAL if bundled else NUM_EVAL
+
+
 def _trainer(ns) -> str:
     if ns.zero_shot and ns.icl:
         raise BadInput("--zero_shot and --icl are two different baselines: pass one")
@@ -498,8 +524,6 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     if family == "mlm":
         ns.k = 16 if ns.k is None else ns.k
         ns.data_seed = 42 if ns.data_seed is None else ns.data_seed
-    elif ns.num_eval is None:
-        ns.num_eval = 200
     if ns.max_train_samples is not None:
         _at_least(ns.max_train_samples, 1, "max_train_samples")
         ns.num_train = ns.max_train_samples
@@ -516,9 +540,10 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
         raise BadInput(str(e)) from None
 
     model = ModelConfig(ns.model_name, ns.gguf_file, ns.dtype, ns.model_family, ns.max_length, ns.max_new_tokens)
+    ns.selection_metric = selection.resolve(ns.selection_metric, family)
     train = TrainConfig(trainer, ns.seed, ns.batch_size, ns.forward_batch_size, ns.gradient_accumulation_steps,
                         ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
-                        ns.eval_batch_size, ns.no_initial_eval, ns.num_demos)
+                        ns.eval_batch_size, ns.no_initial_eval, ns.num_demos, ns.selection_metric)
     zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples,
                   ns.master_weights if ns.dtype == "fp32" else not ns.no_master_weights,
                   ns.zo_backend, not ns.no_fuse, ns.non_diff)
@@ -527,6 +552,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     probe = ProbeConfig(ns.lp_C, ns.lp_max_iter)
     _check_across(model, train, zo, peft)
     ns.data_dir = _data_dir(ns, task, family, trainer == "zero_shot")
+    _default_sizes(ns, task, family)
     data = DataConfig(task.name, family, ns.dataset, ns.dataset_config, ns.text_column, ns.data_dir,
                       ns.num_train, ns.num_dev, ns.num_eval, ns.train_set_seed, ns.k, ns.data_seed)
     if ns.output_dir is None:

@@ -13,7 +13,7 @@ import torch
 
 from mezo import distributed as D, models, peft_modes, telemetry
 from mezo.config import Config
-from mezo.evaluation import evaluate
+from mezo.evaluation import evaluate, evaluate_with_loss
 from mezo.results import headline
 from mezo.scoring import Encoder, make_encoder
 from mezo.splits import build_splits
@@ -35,11 +35,13 @@ class Run:
     metrics: telemetry.Metrics
 
     def evaluate(self, step: int) -> dict:
-        """The dev and test metrics now, as an `evals` record."""
+        """The dev and test metrics now, and the dev loss (the task's training loss, also under
+        --non_diff: what the reference's Trainer selects by), as an `evals` record."""
         bs = self.cfg.train.eval_batch_size
-        rec = {"step": step, "dev": evaluate(self.model, self.enc, self.splits.dev, bs),
-               "test": evaluate(self.model, self.enc, self.splits.test, bs)}
-        log.info("step %d: dev %s test %s", step, rec["dev"], rec["test"])
+        dev, dev_loss = evaluate_with_loss(self.model, self.enc, self.splits.dev, bs, self.task.train_loss)
+        rec = {"step": step, "dev": dev, "test": evaluate(self.model, self.enc, self.splits.test, bs),
+               "dev_loss": dev_loss}
+        log.info("step %d: dev %s (loss %s) test %s", step, rec["dev"], dev_loss, rec["test"])
         return rec
 
     def steps(self, desc: str, start: int, step, before_eval=None, after_step=None) -> None:

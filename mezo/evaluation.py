@@ -1,6 +1,6 @@
-"""Evaluation of a task's metric over a list of samples, split across ranks.
+"""Evaluation of a task's metric, and of its training loss, over a list of samples, split across ranks.
 
-Classification / multiple choice: candidate scoring (mezo.scoring.predict), metric
+Classification / multiple choice: candidate scoring (mezo.scoring.scores, argmax), metric
 {"accuracy"} (a prediction counts when it is in the sample's gold indices). Generation (samples
 without candidates: SQuAD, DROP): greedy decoding with a KV cache (mezo.scoring.generate),
 metrics {"f1", "em"} (SQuAD-normalised, max over the gold answers; the reference scores DROP
@@ -12,39 +12,100 @@ is the same on any number of ranks. Under FSDP2 every rank runs the same number 
 (a rank that runs out scores a dummy batch whose predictions are ignored); generation keeps
 ranks in lockstep step by step. Per-sample metric values are assembled with one all-reduce
 (one rank contributes each entry, so the sum is exact) and averaged with math.fsum.
+
+The dev loss (`evaluate_with_loss`) is the training objective of the task on the samples
+(mezo.scoring.example_losses: "classification", the cross-entropy over the candidate scores,
+comes from the same forwards as the predictions; "lm", the teacher-forced loss of the gold
+continuation, takes one more pass over the same batches), assembled per sample like the metric
+and reduced as the Hugging Face Trainer computes `eval_loss` in the reference (`hf_eval_loss`).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from mezo import distributed as D
 from mezo.batches import rank_batches
-from mezo.scoring import Encoder, generate, predict, sample_metric
+from mezo.scoring import Encoder, example_losses, generate, sample_metric, scores
+
+# transformers.TrainingArguments.per_device_eval_batch_size's default; the reference's scripts
+# (large_models/mezo.sh, finetune.sh) do not set it, and its runs use one process
+HF_EVAL_BATCH = 8
+
+
+def hf_eval_loss(values, counts, batch: int = HF_EVAL_BATCH) -> float:
+    """The Trainer's eval_loss over per-sample losses in dataset order (evaluation_loop: each
+    batch's loss, repeated batch-size times, then the mean over the dataset's samples): batches
+    of `batch` consecutive samples, each worth sum(values) / sum(counts) (the per-sample mean
+    for "classification", whose counts are 1; the mean over the batch's gold tokens for "lm",
+    the reference's CrossEntropyLoss over the option tokens) weighted by its number of samples.
+    Sums are math.fsum: the result depends on the values alone, not on how ranks computed them."""
+    n = len(values)
+    parts = [len(values[i:i + batch]) * (math.fsum(values[i:i + batch]) / max(math.fsum(counts[i:i + batch]), 1.0))
+             for i in range(0, n, batch)]
+    return math.fsum(parts) / n
+
+
+def _loss_pass(model, enc: Encoder, samples, order, batch_size: int, kind: str) -> torch.Tensor:
+    """[len(samples), 2] fp64 (loss, count) of each sample under `kind`, the same batches as the
+    metric pass; every rank runs the same number of forwards."""
+    out = torch.zeros((len(samples), 2), dtype=torch.float64)
+    for batch in rank_batches(order, batch_size):
+        run = [samples[i] for i in batch] or samples[:1]
+        v, c = example_losses(model, enc, run, kind)
+        v = v.detach().to("cpu", torch.float64)
+        for j, i in enumerate(batch):
+            out[i, 0], out[i, 1] = v[j], float(c[j])
+    return out
 
 
 @torch.no_grad()
-def evaluate(model, enc: Encoder, samples, batch_size: int, predictions: list | None = None) -> dict:
-    """The task's metrics over `samples`; with `predictions` (a list), every (sample, prediction)
+def evaluate_with_loss(model, enc: Encoder, samples, batch_size: int, loss: str | None,
+                       predictions: list | None = None) -> tuple[dict, float | None]:
+    """(the task's metrics over `samples`, the mean training loss of kind `loss` over them,
+    None without samples or loss); with `predictions` (a list), every (sample, prediction)
     pair, in the order of `samples`, is appended to it (on every rank)."""
     if not samples:
-        return {}
-    multi = D.world_size() > 1
+        return {}, None
     gen = not samples[0].candidates
     keys = ["f1", "em"] if gen else ["accuracy"]
     order = sorted(range(len(samples)), key=lambda i: -len(enc(samples[i])[0]))
     values = torch.zeros((len(samples), len(keys)), dtype=torch.float64)
+    losses = None
+    same_pass = loss == "classification" and not gen  # the CE comes from the scores of the predictions
+    if same_pass:
+        losses = torch.zeros((len(samples), 2), dtype=torch.float64)
     mine: dict[int, object] = {}
     for batch in rank_batches(order, batch_size):
         run = [samples[i] for i in batch] or samples[:1]
-        preds = generate(model, enc, run, sync=D.sync_counts if multi else None) if gen else predict(model, enc, run)
-        for i, p in zip(batch, preds):
+        if gen:
+            preds = generate(model, enc, run, sync=D.sync_counts if D.world_size() > 1 else None)
+        else:
+            sc = scores(model, enc, run)
+            preds = [int(s.argmax()) for s in sc]
+        for j, (i, p) in enumerate(zip(batch, preds)):
             m = sample_metric(samples[i], p)
             values[i] = torch.tensor([m[k] for k in keys], dtype=torch.float64)
             mine[i] = p
+            if same_pass:  # mezo.scoring.classification_losses of this sample
+                s = sc[j]
+                ce = F.cross_entropy(s[None], torch.tensor([samples[i].label], device=s.device))
+                losses[i, 0], losses[i, 1] = float(ce), 1.0
+    if loss is not None and not same_pass:
+        losses = _loss_pass(model, enc, samples, order, batch_size, loss)
     values = D.all_reduce_sum(values)
     if predictions is not None:
         found = {i: p for part in D.all_gather_objects(mine) for i, p in part.items()}
         predictions.extend((s, found[i]) for i, s in enumerate(samples))
-    return {k: math.fsum(values[:, j].tolist()) / len(samples) for j, k in enumerate(keys)}
+    metrics = {k: math.fsum(values[:, j].tolist()) / len(samples) for j, k in enumerate(keys)}
+    if losses is None:
+        return metrics, None
+    losses = D.all_reduce_sum(losses)
+    return metrics, hf_eval_loss(losses[:, 0].tolist(), losses[:, 1].tolist())
+
+
+def evaluate(model, enc: Encoder, samples, batch_size: int, predictions: list | None = None) -> dict:
+    """The task's metrics over `samples` (see evaluate_with_loss)."""
+    return evaluate_with_loss(model, enc, samples, batch_size, None, predictions)[0]

@@ -3,7 +3,8 @@ model (causal LMs: the last-token hidden state of the prompt, what the LM head r
 LMs: the hidden state at the <mask> token, what the MLM head reads), a multinomial
 logistic regression on the training set (scikit-learn; LogisticRegressionCV picks the L2
 strength by cross-validation unless --lp_C is given), evaluated with the same accuracy on the
-dev and test sets. Results go to training_metrics.json's evals and final.
+dev and test sets. Results go to training_metrics.json's evals (with the probe's dev log-loss as
+the dev loss) and final.
 
 Under FSDP2 each rank extracts the features of every world-th batch (mezo.batches.rank_batches:
 the same batches on any number of ranks), one all-reduce assembles the matrix, and rank 0 fits the classifier.
@@ -11,6 +12,7 @@ Needs a task whose candidates are fixed class labels (classification, not multip
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 
 from mezo import distributed as D
 from mezo.batches import rank_batches
+from mezo.results import record_final
 from mezo.scoring import _right_pad, causal_inputs
 from mezo.telemetry import log
 
@@ -69,6 +72,17 @@ def accuracy(clf, X, samples) -> dict:
     return {"accuracy": float(np.mean([int(p) in s.gold_ids for p, s in zip(pred, samples)]))}
 
 
+def log_loss(clf, X, samples) -> float | None:
+    """The probe's training objective on `samples`: the mean negative log-probability (natural
+    log) of each sample's label under the fitted classifier (a label it never saw: +inf)."""
+    if not samples:
+        return None
+    proba = clf.predict_proba(X)
+    col = {int(c): j for j, c in enumerate(clf.classes_)}
+    p = [proba[i, col[s.label]] if s.label in col else 0.0 for i, s in enumerate(samples)]
+    return float(np.mean([-math.log(x) if x > 0 else math.inf for x in p]))
+
+
 def train(run) -> dict:
     """The linear-probe trainer over a mezo.context.Run."""
     model, enc, splits, metrics, main = run.model, run.enc, run.splits, run.metrics, run.main
@@ -83,7 +97,7 @@ def train(run) -> dict:
     Xte = features(model, enc, splits.test, bs)
     t_feat = time.time() - t0
     log.info("linear probe: features %s in %.1fs", Xtr.shape, t_feat)
-    rec = {"step": 0, "dev": {}, "test": {}}
+    rec = {"step": 0, "dev": {}, "test": {}, "dev_loss": None}
     info = {}
     if main:
         y = np.array([s.label for s in splits.train])
@@ -93,13 +107,11 @@ def train(run) -> dict:
                 "train_accuracy": accuracy(clf, Xtr, splits.train)["accuracy"],
                 "num_features": int(Xtr.shape[1]), "feature_time_s": t_feat, "fit_time_s": time.time() - t0 - t_feat}
         rec = {"step": 0, "dev": accuracy(clf, Xdev, splits.dev) if Xdev is not None else {},
-               "test": accuracy(clf, Xte, splits.test)}
+               "test": accuracy(clf, Xte, splits.test),
+               "dev_loss": log_loss(clf, Xdev, splits.dev) if Xdev is not None else None}
         log.info("linear probe: C %.4g, train %.4f, dev %s, test %s", info["C"], info["train_accuracy"],
                  rec["dev"], rec["test"])
     metrics.data["linear_probe"] = info
     metrics.eval(rec)
-    metrics.data["final"] = {"dev": rec["dev"], "test": rec["test"], "best_dev_step": 0}
-    metrics.save("completed")
-    if main:
-        print(f"final test accuracy: {rec['test']['accuracy']:.4f}", flush=True)
+    record_final(metrics, run.cfg.train.selection_metric, main)  # one evaluation: it is the result
     return metrics.data

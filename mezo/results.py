@@ -2,7 +2,7 @@
 print the headline."""
 from __future__ import annotations
 
-from mezo import peft_modes
+from mezo import peft_modes, selection
 
 
 def headline(m: dict) -> str:
@@ -13,15 +13,24 @@ def headline(m: dict) -> str:
     return f"{k}: {v:.4f}" + (f" ({', '.join(f'{a} {b:.4f}' for a, b in rest)})" if rest else "")
 
 
-def finish(cfg, model, tok, metrics, main: bool) -> dict:
-    """Save (adapters / prefixes / --save_model: the full model), write the final record (last
-    evaluation, best dev step), print the result. Shared by every trainer."""
-    peft_modes.save(cfg.peft, cfg.output.dir, cfg.output.save_model, cfg.model.name, model, tok, main)
+def record_final(metrics, rule: str, main: bool, label: str = "final", **extra) -> dict:
+    """Write `final` (mezo.selection.final_record: the selected evaluation, and the last) with
+    status "completed"; print "final test <metric> (<which evaluation and why>)" (a baseline:
+    "<label> test <metric>")."""
     evals = metrics.data["evals"]
-    best = max(evals, key=lambda e: next(iter(e["dev"].values()), 0.0)) if evals and evals[0]["dev"] else None
-    metrics.data["final"] = {"dev": evals[-1]["dev"] if evals else {}, "test": evals[-1]["test"] if evals else {},
-                             "best_dev_step": best["step"] if best else None}
+    final = {**selection.final_record(evals, rule), **extra}
+    metrics.data["final"] = final
     metrics.save("completed")
     if main and evals:
-        print(f"final test {headline(evals[-1]['test'])}", flush=True)
+        reason = f" ({selection.why(final, len(evals))})" if label == "final" else ""  # a baseline: one evaluation
+        print(f"{label} test {headline(final['test'])}{reason}", flush=True)
+    return final
+
+
+def finish(cfg, model, tok, metrics, main: bool) -> dict:
+    """Save (adapters / prefixes / --save_model: the full model), write the final record (the
+    evaluation --selection_metric selects, and the last one), print the result. Shared by the
+    training trainers."""
+    peft_modes.save(cfg.peft, cfg.output.dir, cfg.output.save_model, cfg.model.name, model, tok, main)
+    record_final(metrics, cfg.train.selection_metric, main)
     return metrics.data

@@ -38,7 +38,13 @@ def test_run_writes_documented_outputs(tiny, tmp_path):
     assert m["steps"][0]["lr"] == 1e-3 and m["steps"][3]["lr"] == 1e-3 * (1 - 3 / 6)  # linear decay
     assert [e["step"] for e in m["evals"]] == [3, 6]
     assert 0 <= m["evals"][-1]["test"]["accuracy"] <= 1 and "accuracy" in m["evals"][-1]["dev"]
-    assert m["zero_shot"]["test"]["accuracy"] >= 0 and m["final"]["test"] == m["evals"][-1]["test"]
+    assert m["zero_shot"]["test"]["accuracy"] >= 0 and m["final"]["last"]["test"] == m["evals"][-1]["test"]
+    # the result is the evaluation with the lowest dev loss (the reference's OPT / causal criterion), the
+    # earliest of equals; the printed line says which
+    best = min(m["evals"], key=lambda e: e["dev_loss"])
+    sel = m["final"]["selected"]
+    assert (sel["step"], sel["criterion"], m["final"]["test"]) == (best["step"], "dev_loss", best["test"])
+    assert f"(step {best['step']}: lowest dev loss {best['dev_loss']:.4f} of 2 evaluations" in r.stdout
     mem = json.load(open(out / "memory_log.json"))
     assert mem["samples"] and mem["peak"]["rss_bytes"] > 10 * 2**20
     assert "step 6" in (out / "training.log").read_text()
@@ -93,6 +99,8 @@ def test_fsdp2_runs_are_bit_identical_on_1_2_and_4_processes(tiny, tmp_path, bat
         assert json.load(open(tmp_path / f"np{n}" / "experiment_config.json"))["world_size"] == n
         assert [{k: s[k] for k in STEP_KEYS} for s in m1["steps"]] == [{k: s[k] for k in STEP_KEYS} for s in mn["steps"]]
         assert m1["evals"] == mn["evals"] and m1["zero_shot"] == mn["zero_shot"]
+        assert all(isinstance(e["dev_loss"], float) for e in mn["evals"])  # the dev loss: the same bits too
+        assert m1["final"] == mn["final"]
         assert w1.keys() == wn.keys() and all(torch.equal(w1[k], wn[k]) for k in w1)
 
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from helpers import TEST_DATA, build_model, build_roberta, run_script
 from mezo import config, train
-from mezo.evaluation import evaluate
-from mezo.scoring import (Encoder, candidate_scores, generate, loss_terms, make_encoder, mask_logits)
+from mezo.evaluation import evaluate, evaluate_with_loss, hf_eval_loss
+from mezo.scoring import (Encoder, candidate_scores, example_losses, generate, loss_terms, make_encoder, mask_logits)
 from mezo.tasks import get_task, make_splits
 from mezo.tasks.icl import TRAIN_SEP
 
@@ -88,6 +88,12 @@ def test_causal_task_renders_scores_evaluates_and_takes_a_mezo_step(name, loaded
         m = evaluate(model, enc, sp.test, 4)
         assert list(m) == (["f1", "em"] if task.kind == "generation" else ["accuracy"])
         assert all(0 <= v <= 1 for v in m.values())
+        # the dev loss: the task's training loss of each sample (one forward each at batch 1, as
+        # example_losses alone: the same bits), reduced as the reference's Trainer reduces eval_loss
+        m1, loss = evaluate_with_loss(model, enc, sp.test, 1, task.train_loss)
+        each = [example_losses(model, enc, [s], task.train_loss) for s in sp.test]
+        assert m1 == evaluate(model, enc, sp.test, 1)
+        assert loss == hf_eval_loss([float(v[0]) for v, _ in each], [c[0] for _, c in each]) and loss > 0
     # one MeZO step through the loop (in-process)
     args, res = _run(["--model_name", tiny, "--task_name", name, "--output_dir", str(tmp_path), "--learning_rate",
                       "1e-3", *FAST])
@@ -96,6 +102,8 @@ def test_causal_task_renders_scores_evaluates_and_takes_a_mezo_step(name, loaded
     assert step["loss_plus"] != step["loss_minus"]  # the perturbation reached the loss
     assert step["projected_grad"] == (step["loss_plus"] - step["loss_minus"]) / (2 * 1e-3)  # the engine's formula
     assert list(res["final"]["test"]) == list(m)
+    (ev,) = res["evals"]
+    assert math.isfinite(ev["dev_loss"]) and res["final"]["selected"]["criterion"] == "dev_loss"  # causal: auto
     saved = json.load(open(tmp_path / "training_metrics.json"))
     assert saved["status"] == "completed" and saved["final"]["test"] == res["final"]["test"]
 
@@ -250,6 +258,8 @@ def test_mlm_task_scores_label_words_at_the_mask_and_takes_a_mezo_step(name, tin
     assert math.isfinite(s0["loss_plus"]) and s0["loss_plus"] != s0["loss_minus"]
     acc = res["final"]["test"]["accuracy"]
     assert 0 <= acc <= 1
+    # masked LMs select by dev accuracy (the reference's medium_models); the dev loss is still recorded
+    assert res["final"]["selected"]["criterion"] == "dev_accuracy" and math.isfinite(res["evals"][-1]["dev_loss"])
 
 
 def test_mlm_kshot_sampled_from_train_when_no_split_files(tiny_roberta, tmp_path):

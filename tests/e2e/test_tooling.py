@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from helpers import ROOT
-from mezo import hparams
+from mezo import hparams, selection
 from mezo.experiments import grids, presets, report, slurm
 from mezo.experiments.command import SCRIPT, flag_args
 
@@ -278,20 +278,31 @@ def _write(path, obj, truncate=False):
 
 
 def _run(root, rel, *, task, mode, model, args, dev, test, status="completed", steps=20, memory=True,
-         truncate=False, step_time=0.5):
+         truncate=False, step_time=0.5, first_step_time=None, evals=None, world_size=1, exp_extra=None):
+    """A run's files. Without `evals`, as written before the dev loss and final.selected (one
+    evaluation, final = it); with `evals` [(dev, test, dev_loss)] at even steps, as written today."""
     d = os.path.join(root, rel)
     full_args = {"task_name": task, "model_name": model, **args}
     _write(os.path.join(d, "run_config.json"), full_args)
     _write(os.path.join(d, "experiment_config.json"), {
         "args": full_args, "task": task, "model_name": model, "mode": mode, "versions": {"torch": "2.x"},
-        "world_size": 1, "device": "cpu", "dtype": "fp32", "num_params": 1000, "num_trainable_params": 1000})
+        "world_size": world_size, "device": "cpu", "dtype": "fp32", "num_params": 1000, "num_trainable_params": 1000,
+        **(exp_extra or {})})
     metric = "f1" if task in ("SQuAD", "DROP") else "accuracy"
+    times = [first_step_time or step_time] + [step_time] * (steps - 1)
+    if evals is None:
+        records = [{"step": steps, "dev": {metric: dev}, "test": {metric: test}}]
+        final = {"dev": {metric: dev}, "test": {metric: test}, "best_dev_step": steps}
+    else:
+        every = steps // len(evals)
+        records = [{"step": every * (i + 1), "dev": {metric: dv}, "test": {metric: ts}, "dev_loss": dl}
+                   for i, (dv, ts, dl) in enumerate(evals)]
+        final = selection.final_record(records, args.get("selection_metric", "dev_loss"))
     met = {"status": status,
            "steps": [{"step": i + 1, "loss": 1.0 - 0.01 * i, "loss_plus": 1.0, "loss_minus": 0.99,
-                      "projected_grad": 0.1, "lr": 1e-6, "step_time_s": step_time} for i in range(steps)],
-           "evals": [{"step": steps, "dev": {metric: dev}, "test": {metric: test}}],
-           "zero_shot": None, "final": {"dev": {metric: dev}, "test": {metric: test}, "best_dev_step": steps}
-           if status == "completed" else None, "total_time_s": steps * step_time, "mean_step_time_s": step_time}
+                      "projected_grad": 0.1, "lr": 1e-6, "step_time_s": times[i]} for i in range(steps)],
+           "evals": records, "zero_shot": None, "final": final if status == "completed" else None,
+           "total_time_s": sum(times), "mean_step_time_s": sum(times) / steps}
     _write(os.path.join(d, "training_metrics.json"), met, truncate=truncate)
     if memory:
         _write(os.path.join(d, "memory_log.json"), {
@@ -304,19 +315,25 @@ def _run(root, rel, *, task, mode, model, args, dev, test, status="completed", s
 @pytest.fixture()
 def synthetic_results(tmp_path):
     root = str(tmp_path / "results")
-    # RoBERTa SST-2 k=16: two lrs x 2 seeds; lr 1e-6 has the better mean dev
-    for lr, devs, tests in [("1e-6", (0.9, 0.92), (0.90, 0.91)), ("1e-7", (0.8, 0.81), (0.95, 0.96))]:
+    # RoBERTa SST-2 k=16: two lrs x 2 seeds (runs written before final.selected); lr 1e-6 has the
+    # better mean dev (0.85 vs 0.805), but per seed the best dev is lr 1e-6 for seed 13 and lr 1e-7
+    # for seed 21 (0.81 > 0.80): the reference's gather_result.py takes each seed's best
+    for lr, devs, tests in [("1e-6", (0.9, 0.80), (0.90, 0.91)), ("1e-7", (0.8, 0.81), (0.95, 0.96))]:
         for seed, dev, test in zip((13, 21), devs, tests):
             _run(root, f"roberta/SST-2/k16/mezo/lr{lr}_eps1e-3_seed{seed}", task="SST-2", mode="mezo",
                  model="roberta-large", dev=dev, test=test,
                  args={"model_family": "roberta", "k": 16, "data_seed": seed, "learning_rate": lr, "zo_eps": "1e-3",
-                       "batch_size": 64, "trainer": "mezo"})
-    # OPT-13B SST2 MeZO-LoRA (two lrs), SQuAD prefix, and zero-shot
-    for lr, dev, test in [("1e-4", 0.88, 0.89), ("5e-5", 0.90, 0.87)]:
+                       "batch_size": 64, "trainer": "mezo"}, exp_extra={"master_weights": False})
+    # OPT-13B SST2 MeZO-LoRA (two lrs, three evaluations each, as written today): lr 1e-4 has its
+    # lowest dev loss at the 2nd evaluation (dev 0.92, test 0.89; its last has test 0.80) and the
+    # best selected dev; lr 5e-5 selects its last. Step 1 takes 10 s, the others 2.5 s.
+    for lr, evals in [("1e-4", [(0.86, 0.85, 0.50), (0.92, 0.89, 0.40), (0.87, 0.80, 0.45)]),
+                      ("5e-5", [(0.85, 0.84, 0.60), (0.88, 0.86, 0.55), (0.90, 0.87, 0.52)])]:
         _run(root, f"opt/SST2/mezo_lora/lr{lr}_eps1e-2_seed0", task="SST2", mode="mezo_lora", model="facebook/opt-13b",
-             dev=dev, test=test, args={"model_family": "opt", "train_set_seed": 0, "learning_rate": lr,
-                                       "zo_eps": "1e-2", "batch_size": 16, "use_lora": True, "trainer": "mezo"},
-             step_time=2.5)
+             dev=None, test=None, evals=evals, world_size=2, step_time=2.5, first_step_time=10.0,
+             exp_extra={"numerics": "reference", "master_weights": False},
+             args={"model_family": "opt", "train_set_seed": 0, "learning_rate": lr, "zo_eps": "1e-2",
+                   "batch_size": 16, "use_lora": True, "trainer": "mezo", "selection_metric": "dev_loss"})
     _run(root, "opt/SQuAD/mezo_prefix/lr1e-2_eps1e-1_seed0", task="SQuAD", mode="mezo_prefix",
          model="facebook/opt-13b", dev=0.8, test=0.82, args={"model_family": "opt", "learning_rate": "1e-2",
                                                              "zo_eps": "1e-1", "batch_size": 16})
@@ -346,37 +363,63 @@ def test_analysis_writes_tables_report_and_pngs(synthetic_results, tmp_path):
     assert len(t18) == 1
     row = t18.iloc[0]
     assert (row["task"], row["k"], row["method"], row["n_seeds"], row["n_configs"]) == ("SST-2", 16, "MeZO", 2, 2)
-    assert "lr1e-6" in row["best_config"]                      # best mean dev, not best test
-    assert row["test_mean"] == pytest.approx(90.5) and row["test_std"] == pytest.approx(0.5)
+    # per seed its best dev: seed 13 lr 1e-6 (test 0.90), seed 21 lr 1e-7 (0.96); mean 93.0, std
+    # 3.0 (numpy ddof=0; ddof=1 would be 4.24); one config for all seeds would give 90.5 (0.5)
+    assert row["best_config"] == "seed 13: lr1e-6_eps1e-3_bs64; seed 21: lr1e-7_eps1e-3_bs64"
+    assert row["test_mean"] == pytest.approx(93.0) and row["test_std"] == pytest.approx(3.0)
     assert row["paper_mean"] == pytest.approx(90.5) and row["paper_std"] == pytest.approx(1.2)
-    assert row["diff"] == pytest.approx(0.0)
+    assert row["diff"] == pytest.approx(2.5) and row["tolerance"] == pytest.approx(1.2)
+    assert row["verdict"] == "not reproduced" and row["numerics"] == "reference"  # old run: master_weights false
+    assert row["selection"] == "dev_accuracy"  # an old RoBERTa run, selected from its evals by dev accuracy
 
     t1 = pd.read_csv(os.path.join(out, "table_1_opt13b_results.csv"))
     assert sorted(zip(t1["task"], t1["method"])) == [("SQuAD", "MeZO (prefix)"), ("SST2", "MeZO (LoRA)")]
     lora = t1[t1["method"] == "MeZO (LoRA)"].iloc[0]
-    assert lora["test_mean"] == pytest.approx(87.0) and lora["paper_mean"] == pytest.approx(89.6)
-    assert lora["diff"] == pytest.approx(-2.6)
+    # lr 1e-4 at its lowest dev loss (2nd evaluation): test 89.0, not its last evaluation's 80.0
+    assert lora["best_config"] == "lr1e-4_eps1e-2_bs16" and lora["dev_mean"] == pytest.approx(92.0)
+    assert lora["test_mean"] == pytest.approx(89.0) and lora["paper_mean"] == pytest.approx(89.6)
+    assert lora["diff"] == pytest.approx(-0.6) and lora["verdict"] == "reproduced"
+    assert (lora["selection"], lora["selected_not_last"], lora["selected_steps"]) == ("dev_loss", 1, "12/18")
     squad = t1[t1["task"] == "SQuAD"].iloc[0]
     assert squad["metric"] == "f1" and squad["paper_mean"] == pytest.approx(84.2)
+    assert squad["selection"] == "last"  # an old causal run: no dev loss, its last evaluation
 
     t20 = pd.read_csv(os.path.join(out, "table_20_opt_results.csv"))
     assert list(t20["model"]) == ["HuggingFaceTB/SmolLM2-135M"] and pd.isna(t20["paper_mean"].iloc[0])
+    assert t20["verdict"].iloc[0] == "no paper number"
 
-    allr = pd.read_csv(os.path.join(out, "all_results.csv"))
-    assert len(allr) == 10
-    killed = allr[allr["run_dir"].str.endswith("killed")].iloc[0]
+    cells = pd.read_csv(os.path.join(out, "all_results.csv"))  # one row per cell
+    assert sorted(zip(cells["table"], cells["task"], cells["method"])) == [
+        (1, "SQuAD", "MeZO (prefix)"), (1, "SST2", "MeZO (LoRA)"), (18, "SST-2", "MeZO"), (20, "SST2", "MeZO")]
+    c = cells[cells["method"] == "MeZO (LoRA)"].iloc[0]
+    # the cell's cost: both configurations, 2 ranks, 10 + 19 x 2.5 s each
+    assert c["device_hours"] == pytest.approx(2 * 2 * 57.5 / 3600)
+    assert (c["median_step_time_s"], c["first_step_time_s"], c["test_mean"]) == (2.5, 10.0, pytest.approx(89.0))
+    assert (c["numerics"], c["peak_memory_source"], c["peak_memory_gib"]) == ("reference", "RSS", 1.0)
+    runs = pd.read_csv(os.path.join(out, "runs.csv"))  # one row per run
+    assert len(runs) == 10
+    killed = runs[runs["run_dir"].str.endswith("killed")].iloc[0]
     assert killed["status"] == "missing" and "corrupt" in killed["problems"]
-    assert "corrupt" in allr[allr["run_dir"] == "broken"].iloc[0]["problems"]
+    assert "corrupt" in runs[runs["run_dir"] == "broken"].iloc[0]["problems"]
+    r = runs[runs["run_dir"] == "opt/SST2/mezo_lora/lr1e-4_eps1e-2_seed0"].iloc[0]
+    assert (r["selected_step"], r["last_eval_step"], r["test"], r["last_eval_test"]) == (12, 18, 89.0, 80.0)
 
     mem = pd.read_csv(os.path.join(out, "table_22_memory_analysis.csv"))
     assert len(mem) >= 4 and (mem["peak_rss_gib"] == 1.0).all()
     assert mem[mem["model_size"] == "350M"]["n_runs"].iloc[0] == 4
     wall = pd.read_csv(os.path.join(out, "table_23_wallclock.csv"))
     w13 = wall[(wall["model_size"] == "13B") & (wall["method"] == "MeZO (LoRA)")].iloc[0]
-    assert w13["paper_step_time_s"] == pytest.approx(2.702) and w13["mean_step_time_s"] == pytest.approx(2.5)
+    # the median step time leaves step 1 out (the mean of the 20 steps is 2.875)
+    assert w13["paper_step_time_s"] == pytest.approx(2.702) and w13["median_step_time_s"] == 2.5
+    assert w13["first_step_time_s"] == 10.0
 
     md = open(os.path.join(out, "mezo_reproduction_report.md")).read()
-    assert "Table 1" in md and "Table 18" in md and "90.5 (0.5) / 90.5 (+0.0)" in md
+    assert "Table 1" in md and "Table 18" in md and "93.0 (3.0) / 90.5 (+2.5) ✗" in md
+    assert "89.0* / 89.6 (-0.6) ✓" in md  # flagged: its selected evaluation is not the last
+    assert "Cells whose selected evaluation is not the last one (selected step / last step per seed): " \
+           "SST2 13B MeZO (LoRA) (12/18)." in md
+    assert "`dev_loss`: the lowest dev loss" in md and "`dev_accuracy`: the highest dev accuracy" in md
+    assert f"Device-hours of the table's runs (every configuration and seed): {c['device_hours'] + 20 * 0.5 / 3600:.3g}" in md
     assert "killed" in md and "broken" in md
 
     pngs = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(out, "plots")) for f in fs]
@@ -459,14 +502,25 @@ def test_analysis_of_real_quick_test_runs(tmp_path):
     r = subprocess.run([sys.executable, "analyze_mezo_results.py", "--results_dir", str(results), "--output_dir",
                         str(out), "--create_plots"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    allr = pd.read_csv(out / "all_results.csv").set_index("run_dir")
+    allr = pd.read_csv(out / "runs.csv").set_index("run_dir")
     assert set(allr.index) == {"quick_seed0", "quick_seed1", "quick_seed2"}
     assert (allr.loc[["quick_seed0", "quick_seed1"], "status"] == "completed").all()
     assert allr.loc["quick_seed2", "status"] == "running"
-    for run in ("quick_seed0", "quick_seed1"):
-        final = json.loads((results / run / "training_metrics.json").read_text())["final"]["test"]["accuracy"]
-        assert allr.loc[run, "test"] == pytest.approx(100 * final) or allr.loc[run, "test"] == pytest.approx(final)
     md = (out / "mezo_reproduction_report.md").read_text()
+    not_last = []
+    for run in ("quick_seed0", "quick_seed1"):
+        final = json.loads((results / run / "training_metrics.json").read_text())["final"]
+        sel = final["selected"]
+        assert sel["criterion"] == "dev_loss" and final["test"] == sel["test"]  # the reported result is the selected
+        # the analysis reports the selected evaluation's test score (percent), whichever step it is
+        assert allr.loc[run, "test"] == pytest.approx(100 * sel["test"]["accuracy"])
+        assert (allr.loc[run, "selected_step"], allr.loc[run, "last_eval_step"]) == (sel["step"], 10)
+        if sel["step"] != final["last"]["step"]:
+            not_last.append(f"{sel['step']}/10")
+    cell = pd.read_csv(out / "all_results.csv").iloc[0]  # one cell: SST2, MeZO, two seeds
+    assert (cell["n_seeds"], cell["selection"], cell["selected_not_last"]) == (2, "dev_loss", len(not_last))
+    if not_last:  # which step a real run selects depends on its losses; the report says so when it is not the last
+        assert "Cells whose selected evaluation is not the last one" in md and all(x in md for x in not_last)
     assert "quick_seed2" in md
     pngs = [p for p in (out / "plots").rglob("*.png")]
     assert len([p for p in pngs if "loss" in p.name or "loss" in str(p.parent)]) >= 3

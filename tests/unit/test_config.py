@@ -103,3 +103,26 @@ def test_compatibility_reads_old_manifests():
 def test_every_flag_lands_in_run_config(tmp_path):
     dests = {a.dest for a in config.build_parser()._actions if a.dest not in ("help", "config")}
     assert dests <= set(_cfg(tmp_path).flags)
+
+
+def test_num_dev_num_eval_defaults_help_and_readme_agree(tmp_path):
+    """Unset --num_dev / --num_eval: the reference's sizes (large_models/mezo.sh: DEV 500, CB and
+    Copa 100, EVAL 1000), except the offline default run on the bundled SST-2 sample (100 / 200);
+    --help and the README's task section say so."""
+    from helpers import ROOT, TEST_DATA
+    d = _cfg(tmp_path).data  # no flags: the offline default run
+    assert (d.num_train, d.num_dev, d.num_eval) == (1000, 100, 200)
+    for task, dev in (("SST2", 500), ("RTE", 500), ("CB", 100), ("Copa", 100), ("SQuAD", 500)):
+        d = _cfg(tmp_path, "--task_name", task, "--data_dir", TEST_DATA).data
+        assert (d.num_train, d.num_dev, d.num_eval) == (1000, dev, 1000), task
+    d = _cfg(tmp_path, "--num_dev", "7", "--num_eval", "9").data
+    assert (d.num_dev, d.num_eval) == (7, 9)  # given flags win
+    help_text = " ".join(config.build_parser().format_help().split())
+    assert "--num_dev NUM_DEV dev examples drawn from train; unset: the reference's 500 (CB 100, Copa 100), " \
+           "and 100 on the bundled SST-2 sample (the offline default run)" in help_text
+    assert "--num_eval NUM_EVAL test examples from the validation split; unset: the reference's 1000, and 200 " \
+           "on the bundled SST-2 sample (the offline default run)" in help_text
+    readme = " ".join(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split())
+    assert "1000 train, 500 dev from train (100 for CB and Copa), test = up to 1000 from validation" in readme
+    assert "on the bundled SST-2 sample (the offline default run) 100 dev and 200 test" in readme
+    assert "It samples 1000 train / 100 dev / 200 test examples" in readme  # "The default run"

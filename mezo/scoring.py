@@ -190,18 +190,22 @@ def candidate_scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.T
 
 def mask_logits(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
     """MLM: the label-word logits at the mask, one tensor [n_words] per sample (right-padded batch;
-    only the mask positions go through the MLM head when the model exposes base + lm_head)."""
+    only the mask positions go through the MLM head of a Hugging Face *ForMaskedLM)."""
     encoded = [enc.encode(s) for s in samples]
     device = next(model.parameters()).device
     ids, mask = _right_pad([e.prompt for e in encoded], enc.pad_id)
     ids, mask = ids.to(device), mask.to(device)
     rows = torch.arange(len(encoded), device=device)
     pos = torch.tensor([e.mask_pos for e in encoded], device=device)
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    head = getattr(model, "lm_head", None)
-    if base is not None and head is not None:
-        hidden = base(input_ids=ids, attention_mask=mask)[0]
-        logits = head(hidden[rows, pos]).float()
+    head = getattr(model, "lm_head", None) if "MaskedLM" in type(model).__name__ else None
+    if head is not None:
+        # the root's forward (so that FSDP2 gathers the root's parameters: embeddings, head), with
+        # only the mask positions handed to the head
+        hook = head.register_forward_pre_hook(lambda _m, args: (args[0][rows, pos], *args[1:]))
+        try:
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        finally:
+            hook.remove()
     else:
         logits = model(input_ids=ids, attention_mask=mask).logits[rows, pos].float()
     return [logits[i, [c[0] for c in e.cands]] for i, e in enumerate(encoded)]

@@ -70,9 +70,13 @@ def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
     model = peft_modes.prepare(peft, "mezo", 0, model, tok)
     names = [n for n, _ in peft_modes.trainable(model)]
     if mode == "lora":
-        assert names and all("lora_A" in n or "lora_B" in n for n in names)
+        # RoBERTa keeps its MLM head trainable too (the reference's medium models; peft modules_to_save)
+        head = [n for n in names if ".modules_to_save." in n]
+        assert bool(head) == (arch == "roberta")
+        names_lora = [n for n in names if n not in head]
+        assert names_lora and all("lora_A" in n or "lora_B" in n for n in names_lora)
         targets = ("query", "value") if arch == "roberta" else ("q_proj", "v_proj")
-        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == set(targets)
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names_lora} == set(targets)
     elif mode.startswith("prefix"):
         L = model.config.num_hidden_layers
         assert sorted(names) == sorted([f"prefix_keys.{i}" for i in range(L)] + [f"prefix_values.{i}" for i in range(L)])
@@ -110,7 +114,9 @@ def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
         from peft import PeftModel
         assert os.path.exists(tmp_path / "out" / "adapter_config.json")
         saved = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
-        assert saved and all("lora_" in k for k in saved)
+        # peft saves the head copy under the head's own name
+        assert saved and all("lora_" in k or (arch == "roberta" and k.startswith("base_model.model.lm_head."))
+                             for k in saved)
         reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "out")).get_base_model()
     else:
         cfg = json.load(open(tmp_path / "out" / peft_modes.PREFIX_CONFIG))
@@ -172,6 +178,33 @@ def test_mezo_lora_prefix_fsdp2_match_one_process(tiny, tmp_path, mode, arch):
                 **{f"prefix_values.{i}": v for i, v in enumerate(values)}}
         assert any(not torch.equal(w1[k], init[k]) for k in w1)  # it trained
     # the same forwards on 1 and 2 ranks, losses summed exactly: the same bits
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_roberta_untied_head_fsdp2_match_one_process(tiny, tmp_path, mode):
+    """RoBERTa as the reference's medium models: the MLM decoder an untied copy of the embeddings
+    (no tied parameter, so FSDP2 shards the encoder layers as blocks), weight decay on every
+    parameter, LoRA training the head too. 1 and 2 ranks: the same bits."""
+    extra = ["--model_family", "roberta", "--k", "16", "--learning_rate", "1e-2", "--weight_decay", "0.1",
+             "--save_model"]
+    if mode == "lora":
+        extra += ["--use_lora", "--lora_r", "4", "--lora_alpha", "8"]
+    (m1, e1, d1), (m2, e2, d2) = _pair(tiny["roberta"], tmp_path, extra)
+    keys = ("seeds", "loss", "loss_plus", "loss_minus", "projected_grad", "lr")
+    assert [{k: s[k] for k in keys} for s in m1["steps"]] == [{k: s[k] for k in keys} for s in m2["steps"]]
+    assert any(s["projected_grad"] != 0 for s in m1["steps"]) and m1["evals"] == m2["evals"]
+    assert e1["args"]["tie_emb"] is False
+    base = load_file(os.path.join(tiny["roberta"], "model.safetensors"))
+    emb = "roberta.embeddings.word_embeddings.weight"
+    if mode == "full":
+        w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (d1, d2))
+        assert not torch.equal(w1["lm_head.decoder.weight"], w1[emb])  # untied: each moved on its own
+        assert not torch.equal(w1["lm_head.decoder.weight"], base[emb]) and not torch.equal(w1[emb], base[emb])
+        assert not torch.equal(w1["roberta.embeddings.LayerNorm.weight"], base["roberta.embeddings.LayerNorm.weight"])
+    else:
+        w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (d1, d2))
+        assert not torch.equal(w1["base_model.model.lm_head.decoder.weight"], base[emb])  # the head trained
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
 
 

@@ -233,6 +233,32 @@ def test_backprop_ft_fsdp2_match_one_process(tiny, tmp_path):
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=5e-6)
 
 
+def test_backprop_fp16_is_mixed_precision_with_loss_scaling(tiny, tmp_path):
+    """--trainer ft --dtype fp16 (the OPT grid's FT rows; before: refused) runs as the reference's
+    Trainer --fp16: fp32 weights, fp16 autocast, dynamic loss scaling, clipping at 1.0. lr 100
+    makes step 1's Adam update blow the weights up, so that steps 2-4 overflow in fp16: each is
+    skipped (no update), logged, and halves the scale; the saved weights are then those after
+    step 1, on 1 and on 2 ranks (FSDP2 + autocast + GradScaler on gloo)."""
+    extra = ["--trainer", "ft", "--dtype", "fp16", "--learning_rate", "1e2", "--save_model"]
+    (m1, e1, d1), (m2, e2, d2) = _pair(tiny["opt"], tmp_path, extra)
+    assert e1["amp"] is True and e1["weights_dtype"] == "fp32" and e1["dtype"] == "fp16"
+    steps = m1["steps"]
+    assert [s["loss_scale"] for s in steps] == [65536.0, 65536.0, 32768.0, 16384.0]
+    assert [bool(s.get("overflow")) for s in steps] == [False, True, True, True] and m1["skipped_overflow"] == 3
+    assert steps[0]["grad_norm"] > 0  # clipped at the default --max_grad_norm 1.0, the norm logged
+    assert [(s["loss_scale"], s.get("overflow")) for s in m2["steps"]] == [(s["loss_scale"], s.get("overflow"))
+                                                                           for s in steps]
+    assert m1["steps"][0]["loss"] == m2["steps"][0]["loss"]  # the same forwards under autocast
+    w1 = load_file(str(d1 / "model" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in w1.values())
+    one = tmp_path / "one_step"
+    r = run_script(["--model_name", tiny["opt"], "--output_dir", str(one), *FAST, *extra, "--max_steps", "1",
+                    "--eval_steps", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    w_one = load_file(str(one / "model" / "model.safetensors"))
+    assert all(torch.equal(w1[k], w_one[k]) for k in w1)  # the overflowed steps changed nothing
+
+
 def test_linear_probe_fsdp2_match_one_process(tiny, tmp_path):
     extra = ["--trainer", "linear_probe", "--lp_C", "1.0", "--num_train", "64", "--num_eval", "32"]
     (m1, e1, d1), (m2, e2, d2) = _pair(tiny["llama"], tmp_path, extra)

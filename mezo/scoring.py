@@ -87,10 +87,12 @@ class Encoder:
         return Encoded(prompt, cands, gold)
 
     def _encode_mlm(self, s: Sample) -> Encoded:
-        text = s.prompt.replace(MASK, self.tok.mask_token)
-        ids = self.tok(text).input_ids
-        if len(ids) > self.max_length:  # keep <s> and the end (the mask is near the end for LM-BFF)
-            ids = ids[:1] + ids[len(ids) - self.max_length + 1:]
+        if s.parts is not None:  # LM-BFF: part by part, with its sentence and length limits
+            ids = s.parts.ids(self.tok, self.max_length)
+        else:  # a prompt without a recipe: the text with <mask>, cut from the head
+            ids = self.tok(s.prompt.replace(MASK, self.tok.mask_token)).input_ids
+            if len(ids) > self.max_length:
+                ids = ids[:1] + ids[len(ids) - self.max_length + 1:]
         mask_id = self.tok.mask_token_id
         pos = ids.index(mask_id) if mask_id in ids else len(ids) - 2
         # LM-BFF's label word id: the first token of " " + word (single tokens for RoBERTa)

@@ -13,29 +13,41 @@ across world sizes: each rank accumulates its forwards' gradients, then FSDP2's 
 float sums follows the world size. A fixed order would mean gathering every forward's full
 gradient on every rank (world x the gradient memory) instead of a reduce-scatter; we keep
 FSDP2's. The difference is float rounding (tests/e2e/test_modes.py measures it).
+
+`--dtype fp16` is mixed precision, as the reference's FT baseline (large_models/finetune.sh:
+Hugging Face Trainer with --fp16 on weights loaded in fp32): the weights, gradients and Adam
+state stay fp32, the forwards and backwards run under torch.autocast in fp16, and the loss is
+scaled dynamically (torch.amp.GradScaler, Trainer's defaults: initial scale 2^16, halved on
+overflow, doubled after 2000 good steps). A step whose gradients overflow is skipped (no update,
+logged as `overflow`) and, as in Trainer, does not advance the learning-rate schedule. Under FSDP2
+the overflow check is agreed by all ranks (DTensor reduces GradScaler's found-inf flag).
+Evaluation runs on the fp32 weights without autocast, as the reference's final evaluation.
+Gradients are clipped to --max_grad_norm (default 1.0, Trainer's max_grad_norm) after unscaling.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 
 import numpy as np
 import torch
 
-from mezo import distributed as D, peft_modes
+from mezo import distributed as D, models, peft_modes
 from mezo.batches import BatchStream, global_mean
 from mezo.results import finish
 from mezo.schedule import warmup_lr_at
 from mezo.scoring import example_losses, loss_weight
 from mezo.telemetry import log
-from mezo.zo import no_decay
 
 
-def make_optimizer(ft, lr: float, weight_decay: float, model):
-    """AdamW or SGD (a mezo.config.FTConfig) over the trainable parameters; no decay on biases
-    and norms."""
+def make_optimizer(ft, lr: float, weight_decay: float, model, decays=None):
+    """AdamW or SGD (a mezo.config.FTConfig) over the trainable parameters; weight decay where
+    decays(name) (default: not on biases and norms, models.decays)."""
+    decays = decays or models.decays("causal", "ft")
     named = peft_modes.trainable(model)
-    groups = [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": weight_decay},
-              {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}]
+    groups = [{"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if ft.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=ft.momentum)
@@ -48,16 +60,21 @@ def train(run) -> dict:
     t, ft = run.cfg.train, run.cfg.ft
     run.zero_shot()
     kind = run.task.train_loss  # "classification" or "lm" (--non_diff is MeZO's only: config refuses it here)
-    opt = make_optimizer(ft, t.learning_rate, t.weight_decay, model)
+    opt = make_optimizer(ft, t.learning_rate, t.weight_decay, model, models.decays(run.cfg.model.task_family, "ft"))
     params = [p for _, p in peft_modes.trainable(model)]
-    log.info("backprop fine-tuning (%s) of %d parameter tensors (%d elements), mode %s", ft.optimizer,
-             len(params), sum(p.numel() for p in params), run.cfg.mode)
+    log.info("backprop fine-tuning (%s) of %d parameter tensors (%d elements), mode %s%s", ft.optimizer,
+             len(params), sum(p.numel() for p in params), run.cfg.mode,
+             ", fp16 autocast with dynamic loss scaling" if ft.amp else "")
     stream = BatchStream(len(splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed, t.forward_batch_size)
     accum, world = t.gradient_accumulation_steps, D.world_size()
     sync = getattr(model, "set_requires_gradient_sync", None)
+    scaler = torch.amp.GradScaler(run.device.type) if ft.amp else None
+    autocast = (lambda: torch.autocast(run.device.type, dtype=torch.float16)) if ft.amp else contextlib.nullcontext
+    skipped = [0]  # overflowed (skipped) steps so far: the schedule advances on applied steps only
+
     def step(i: int) -> dict:
         t0 = time.time()
-        lr = warmup_lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, ft.warmup_steps, i)
+        lr = warmup_lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, ft.warmup_steps, i - skipped[0])
         for g in opt.param_groups:
             g["lr"] = lr
         # the objective is the mean over the whole step (all micro-batches and ranks) per sample,
@@ -71,20 +88,37 @@ def train(run) -> dict:
             for k, ids in enumerate(forwards):
                 if sync is not None:
                     sync(k == len(forwards) - 1)  # FSDP2: reduce-scatter once per optimizer step
-                v, c = example_losses(model, enc, [splits.train[j] for j in ids], kind)
+                with autocast():
+                    v, c = example_losses(model, enc, [splits.train[j] for j in ids], kind)
                 # FSDP2 averages gradients over ranks, hence the factor world
-                (v.sum() * (world / denom)).backward()
+                objective = v.sum() * (world / denom)
+                (scaler.scale(objective) if scaler else objective).backward()
                 values.append(v.detach().to("cpu", torch.float64))
                 counts.extend(c)
+        if scaler:
+            scaler.unscale_(opt)  # true gradients before clipping; records overflow
         gnorm = None
         if ft.max_grad_norm > 0:
             n = torch.nn.utils.clip_grad_norm_(params, ft.max_grad_norm)  # a DTensor under FSDP2
             gnorm = float(n.full_tensor() if hasattr(n, "full_tensor") else n)
-        opt.step()
+        rec = {"step": i + 1}
+        if scaler:
+            scale = scaler.get_scale()
+            scaler.step(opt)  # skipped when any rank's gradients overflowed
+            scaler.update()
+            rec["loss_scale"] = scale
+            if scaler.get_scale() < scale:  # Trainer's test for a skipped step
+                skipped[0] += 1
+                rec["overflow"] = True
+                run.metrics.data["skipped_overflow"] = skipped[0]
+                log.warning("step %d: fp16 gradients overflowed at loss scale %g: step skipped (%d so far)",
+                            i + 1, scale, skipped[0])
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
         loss = global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
-        rec = {"step": i + 1, "loss": loss, "lr": lr, "step_time_s": time.time() - t0}
-        if gnorm is not None:
+        rec.update(loss=loss, lr=lr, step_time_s=time.time() - t0)
+        if gnorm is not None and math.isfinite(gnorm):
             rec["grad_norm"] = gnorm
         return rec
 

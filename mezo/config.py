@@ -36,6 +36,9 @@ from mezo.tasks import BY_DATASET, get_task, task_names
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 BUNDLED_DATA = os.path.join(PACKAGE_DIR, "data", "sst2_sample")  # glue/sst2/{train,validation}.jsonl
 FAMILIES = ("auto", "opt", "llama", "roberta")
+# MeZO numerics (--numerics): how the trainable weights are perturbed and updated. "auto" resolves
+# to one of the others (see _numerics); a new scheme is one more name here and in mezo/zo.py.
+NUMERICS = ("auto", "reference", "master")
 KS = (16, 512)
 DATA_SEEDS = (13, 21, 42, 87, 100)
 TRAINERS = ("mezo", "ft", "linear_probe")
@@ -66,6 +69,7 @@ class ModelConfig:
     family: str                 # opt | llama | roberta | causal (concrete: --model_family auto resolved)
     max_length: int             # prompt + candidate tokens
     max_new_tokens: int         # greedy generation (SQuAD, DROP)
+    tie_emb: bool = False       # masked LMs: keep the MLM decoder tied to the input embeddings
 
     def __post_init__(self):
         _at_least(self.max_length, 1, "max_length")
@@ -141,7 +145,7 @@ class ZOConfig:
     eps: float
     dist: str                   # gaussian | rademacher
     num_samples: int            # directions per step (n-SPSA)
-    master_weights: bool        # an fp32 master copy is perturbed and updated (resolved per dtype)
+    numerics: str               # reference | master (--numerics, "auto" resolved)
     backend: str
     fused: bool
     non_diff: bool              # the objective is minus the batch's task metric
@@ -149,6 +153,11 @@ class ZOConfig:
     def __post_init__(self):
         _positive(self.eps, "zo_eps")
         _at_least(self.num_samples, 1, "zo_num_samples")
+
+    @property
+    def master_weights(self) -> bool:
+        """An fp32 master copy of each trainable shard is the state (--numerics master)."""
+        return self.numerics == "master"
 
 
 @dataclass(frozen=True)
@@ -160,9 +169,11 @@ class FTConfig:
     adam_epsilon: float
     max_grad_norm: float        # 0: no clipping
     momentum: float
+    amp: bool = False           # --dtype fp16: fp32 weights, fp16 autocast, dynamic loss scaling
 
     def __post_init__(self):
         _at_least(self.warmup_steps, 0, "warmup_steps")
+        _at_least(self.max_grad_norm, 0, "max_grad_norm")
 
 
 @dataclass(frozen=True)
@@ -252,8 +263,11 @@ class Config:
 
 
 def settings(m: ModelConfig, d: DataConfig, t: TrainConfig, z: ZOConfig) -> dict:
+    # tie_emb only where it applies (masked LMs), so causal headers keep their keys
+    mlm = {"tie_emb": m.tie_emb} if m.task_family == "mlm" else {}
     return {"model_name": m.name, "gguf_file": m.gguf_file, "dtype": m.dtype, "master_weights": z.master_weights,
-            "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused, "seed": t.seed, "zo_eps": z.eps,
+            "numerics": z.numerics, **mlm, "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused,
+            "seed": t.seed, "zo_eps": z.eps,
             "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
             "lr_scheduler_type": t.lr_scheduler_type, "max_steps": t.max_steps, "task_name": d.task_name,
             "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
@@ -290,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fsdp_version", type=int, default=2, help="FSDP version under torchrun (only 2 is supported)")
     a("--max_length", type=int, default=2048, help="prompt + candidate tokens; longer prompts lose their start")
     a("--max_new_tokens", type=int, default=50, help="generation tasks (SQuAD, DROP): greedy tokens, stop at newline")
+    a("--tie_emb", action="store_true",
+      help="masked LMs (RoBERTa): keep the MLM decoder tied to the input embeddings; by default it is an "
+           "untied copy, trained on its own, as the reference's medium models")
 
     a = p.add_argument_group("data").add_argument
     a("--task_name", default=None, help=f"one of {', '.join(task_names())} (default SST2)")
@@ -343,9 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--zo_eps", type=float, default=1e-3)
     a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian")
     a("--zo_num_samples", type=int, default=1, help="directions per step (n-SPSA)")
-    a("--no_master_weights", action="store_true",
-      help="bf16/fp16: perturb and update the low-precision weights in place (the reference)")
-    a("--master_weights", action="store_true", help="keep an fp32 master copy also in fp32 (exact restore)")
+    a("--numerics", choices=NUMERICS, default="auto",
+      help="reference: the weights in --dtype are perturbed, restored and updated in place, rounded to "
+           "nearest (princeton-nlp/MeZO, mezo.sh --load_float16); master: an fp32 master copy of each "
+           "trainable shard is the state and the weights are written as its perturbed cast; auto: reference "
+           "under --paper_hparams (so the paper presets) and in fp32, master in bf16/fp16")
+    a("--no_master_weights", action="store_true", help="alias of --numerics reference")
+    a("--master_weights", action="store_true", help="alias of --numerics master")
     a("--zo_backend", choices=["auto", "compile", "eager", "triton"], default="auto",
       help="sweep kernel: torch.compile'd fused kernel, or plain PyTorch ops")
     a("--no_fuse", action="store_true", help="run the plain 4-sweep schedule (for checking)")
@@ -370,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--adam_beta1", type=float, default=0.9)
     a("--adam_beta2", type=float, default=0.999)
     a("--adam_epsilon", type=float, default=1e-8)
-    a("--max_grad_norm", type=float, default=0.0, help="--trainer ft: clip the gradient norm (0: off)")
+    a("--max_grad_norm", type=float, default=1.0,
+      help="--trainer ft: clip the gradient norm (0: off); 1.0 is Hugging Face Trainer's default, the reference's")
     a("--momentum", type=float, default=0.0, help="--trainer ft --optimizer sgd: momentum")
     a("--lp_C", type=float, default=None,
       help="--trainer linear_probe: inverse L2 strength; default: chosen by cross-validation (LogisticRegressionCV)")
@@ -485,6 +507,24 @@ def _default_sizes(ns, task, family: str) -> None:
         ns.num_eval = BUNDLED_NUM_EVAL if bundled else NUM_EVAL
 
 
+def _numerics(ns) -> str:
+    """--numerics with its aliases, "auto" resolved: reference under --paper_hparams (the reference
+    perturbs and updates the fp16 weights in place) and in fp32 (in place is exact enough there),
+    master (an fp32 master copy) in bf16 / fp16."""
+    aliases = [flag for flag, on in (("--master_weights", ns.master_weights),
+                                     ("--no_master_weights", ns.no_master_weights)) if on]
+    if len(aliases) == 2:
+        raise BadInput("--master_weights and --no_master_weights contradict each other")
+    if aliases:
+        alias = "master" if aliases[0] == "--master_weights" else "reference"
+        if ns.numerics not in ("auto", alias):
+            raise BadInput(f"{aliases[0]} (= --numerics {alias}) contradicts --numerics {ns.numerics}")
+        return alias
+    if ns.numerics != "auto":
+        return ns.numerics
+    return "reference" if ns.paper_hparams or ns.dtype == "fp32" else "master"
+
+
 def _trainer(ns) -> str:
     if ns.zero_shot and ns.icl:
         raise BadInput("--zero_shot and --icl are two different baselines: pass one")
@@ -500,8 +540,6 @@ def _check_across(model: ModelConfig, train: TrainConfig, zo: ZOConfig, peft: Pe
         raise BadInput(f"--non_diff needs --trainer mezo (a non-differentiable objective; --trainer {t})")
     if t == "linear_probe" and peft.kind:
         raise BadInput("--trainer linear_probe trains a classifier on frozen features: drop --use_lora/--prefix_tuning")
-    if model.dtype == "fp16" and t == "ft":
-        raise BadInput("--trainer ft with --dtype fp16 needs loss scaling, which is not implemented: use bf16 or fp32")
 
 
 def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | None = None) -> Config:
@@ -528,8 +566,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
         _at_least(ns.max_train_samples, 1, "max_train_samples")
         ns.num_train = ns.max_train_samples
     _at_least(ns.num_train, 0 if trainer in ("zero_shot", "icl") else 1, "num_train")
-    if ns.master_weights and ns.no_master_weights:
-        raise BadInput("--master_weights and --no_master_weights contradict each other")
+    numerics = _numerics(ns)
     _check_model(ns)
     if ns.batch_size % world_size:
         raise BadInput(f"--batch_size {ns.batch_size} is not divisible by the number of processes ({world_size})")
@@ -539,16 +576,17 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     except ValueError as e:
         raise BadInput(str(e)) from None
 
-    model = ModelConfig(ns.model_name, ns.gguf_file, ns.dtype, ns.model_family, ns.max_length, ns.max_new_tokens)
+    model = ModelConfig(ns.model_name, ns.gguf_file, ns.dtype, ns.model_family, ns.max_length, ns.max_new_tokens,
+                        ns.tie_emb)
     ns.selection_metric = selection.resolve(ns.selection_metric, family)
     train = TrainConfig(trainer, ns.seed, ns.batch_size, ns.forward_batch_size, ns.gradient_accumulation_steps,
                         ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
                         ns.eval_batch_size, ns.no_initial_eval, ns.num_demos, ns.selection_metric)
-    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples,
-                  ns.master_weights if ns.dtype == "fp32" else not ns.no_master_weights,
-                  ns.zo_backend, not ns.no_fuse, ns.non_diff)
+    ns.numerics = numerics
+    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples, numerics, ns.zo_backend, not ns.no_fuse, ns.non_diff)
     peft = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
-    ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig)})
+    ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig) if f.name != "amp"},
+                  amp=trainer == "ft" and ns.dtype == "fp16")
     probe = ProbeConfig(ns.lp_C, ns.lp_max_iter)
     _check_across(model, train, zo, peft)
     ns.data_dir = _data_dir(ns, task, family, trainer == "zero_shot")

@@ -84,6 +84,13 @@ class Run:
             print(f"zero-shot test {headline(zs['test'])}", flush=True)
 
 
+def weights_dtype(cfg: Config) -> str:
+    """The dtype the weights are loaded and kept in: --dtype, except backprop in fp16, which keeps
+    fp32 weights and computes in fp16 under autocast (mixed precision, as Hugging Face Trainer's
+    --fp16 in the reference's finetune.sh)."""
+    return "fp32" if cfg.ft.amp else cfg.model.dtype
+
+
 def experiment_config(cfg: Config, model, world: int, device) -> dict:
     import transformers
     total, trainable = models.count_params(model)
@@ -93,8 +100,9 @@ def experiment_config(cfg: Config, model, world: int, device) -> dict:
             "model_name": m.name, "mode": cfg.mode, "resolved_model": models.resolve(m.name, m.gguf_file)[0],
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
-            "world_size": world, "device": f"{device} {name}", "dtype": m.dtype,
-            "master_weights": cfg.zo.master_weights, "num_params": total, "num_trainable_params": trainable,
+            "world_size": world, "device": f"{device} {name}", "dtype": m.dtype, "numerics": cfg.zo.numerics,
+            "master_weights": cfg.zo.master_weights, "amp": cfg.ft.amp, "weights_dtype": weights_dtype(cfg),
+            "num_params": total, "num_trainable_params": trainable,
             "command": " ".join(sys.argv)}
 
 
@@ -117,13 +125,13 @@ def build(cfg: Config) -> Run:
              len(splits.test), d.data_dir or "hub")
 
     t_load = time.time()
-    model, tok = models.load(m.name, m.gguf_file, m.dtype, device, m.task_family)
+    model, tok = models.load(m.name, m.gguf_file, weights_dtype(cfg), device, m.task_family, tie_emb=m.tie_emb)
     # LoRA / prefix / frozen (linear probe), before sharding
     model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():
         models.shard(model, device)
-    log.info("model %s loaded in %.1fs (%s, world size %d%s)", m.name, time.time() - t_load,
-             m.dtype, world, ", FSDP2" if D.launched_distributed() else "")
+    log.info("model %s loaded in %.1fs (%s%s, world size %d%s)", m.name, time.time() - t_load, weights_dtype(cfg),
+             ", fp16 autocast" if cfg.ft.amp else "", world, ", FSDP2" if D.launched_distributed() else "")
     if main:
         telemetry.write_json(os.path.join(out, "experiment_config.json"), experiment_config(cfg, model, world, device))
     metrics = telemetry.Metrics(os.path.join(out, "training_metrics.json") if main else None,

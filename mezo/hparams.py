@@ -82,6 +82,9 @@ OPT_DATA = dict(num_train=1000, num_eval=1000)
 OPT_DEV = 500
 OPT_SMALL_DEV = {"CB": 100, "Copa": 100}   # large_models/mezo.sh: tasks with < 1000 training examples
 OPT_DTYPE = "fp16"                          # large_models/*.sh: --load_float16
+# large_models/mezo.sh: the fp16 weights perturbed and updated in place (trainer.py zo_update);
+# --paper_hparams resolves --numerics auto to the same (mezo/config.py)
+OPT_NUMERICS = "reference"
 # large_models/finetune.sh: the FT micro-batch that fits an 80GB A100 (gradient accumulation to 8)
 OPT_FT_MICRO_BATCH = {"MultiRC": 2, "ReCoRD": 2, "DROP": 1}
 ICL_DEMOS = 32                              # large_models/icl.sh: demonstrations in context

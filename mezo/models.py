@@ -59,9 +59,11 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.exists(name)
 
 
-def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.device, family: str = "causal"):
+def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.device, family: str = "causal",
+         tie_emb: bool = True):
     """(model, tokenizer) with AutoModelForCausalLM (family "mlm": AutoModelForMaskedLM) /
-    AutoTokenizer.from_pretrained."""
+    AutoTokenizer.from_pretrained. A masked LM's decoder is untied from its input embeddings
+    unless tie_emb (see untie_mlm_decoder)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
     path, gguf = resolve(model_name, gguf_file)
     kw = {"gguf_file": gguf} if gguf else {}
@@ -70,9 +72,49 @@ def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.devic
     model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kw)
     if gguf:
         _unquantize(model, path, gguf)
+    if family == "mlm" and not tie_emb:
+        untie_mlm_decoder(model)
     model.to(device).eval()
     model.requires_grad_(True)
     return model, tok
+
+
+def untie_mlm_decoder(model: nn.Module) -> bool:
+    """Give the MLM head's decoder its own weight, a copy of the input embeddings, as the
+    reference's RoBERTa does (princeton-nlp/MeZO medium_models/src/models.py,
+    RobertaModelForPromptFinetuning: no get_output_embeddings, so from_pretrained never ties; the
+    decoder starts as the checkpoint's lm_head.decoder.weight, which in roberta-large holds the
+    embedding values, and trains on its own; --tie_emb ties it back). The decoder's bias stays
+    the head's bias (one parameter, as there). Returns whether anything was untied."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or emb is None or head.weight is not emb.weight:
+        return False
+    model.config.tie_word_embeddings = False
+    head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    if hasattr(model, "get_expanded_tied_weights_keys"):  # transformers 5: what save/load re-tie
+        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return True
+
+
+def decays(family: str, trainer: str):
+    """name -> whether weight decay applies to that parameter, the reference's rule per family and
+    trainer (princeton-nlp/MeZO):
+      masked LMs, MeZO: every parameter (medium_models/src/trainer.py, the in-place ZO update
+        `param - lr * (g * z + weight_decay * param)` over every parameter it optimises, 552cb1b);
+      masked LMs, backprop: not names holding "bias" or "LayerNorm.weight" (the optimizer groups
+        of the same file, create_optimizer_and_scheduler);
+      causal LMs: not biases and normalisation weights (mezo.zo.no_decay). For OPT this is the
+        reference's rule (large_models/trainer.py zo_update skips names holding "bias",
+        "layer_norm" or "layernorm"; Hugging Face Trainer's groups skip biases and LayerNorms):
+        every OPT norm is named *layer_norm. It differs for a norm named otherwise (Llama's
+        final model.norm, which the reference's MeZO decays): kept, so that trajectories written
+        with weight decay replay as they were trained; the paper's OPT runs use no decay."""
+    from mezo.zo import no_decay
+    if family == "mlm":
+        if trainer == "mezo":
+            return lambda name: True
+        return lambda name: not ("bias" in name or "LayerNorm.weight" in name)
+    return lambda name: not no_decay(name)
 
 
 def _unquantize(model: nn.Module, path: str, gguf: str) -> None:
@@ -140,6 +182,20 @@ def tied_aliases(model: nn.Module) -> list[str]:
     return out
 
 
+def _retied_on_load(model: nn.Module) -> set[str] | None:
+    """The parameter names from_pretrained ties back (transformers 5), None when unknown (all
+    aliases are). An alias it would not re-tie (the untied RoBERTa's decoder bias, which stays the
+    head's bias) is saved, so that it is not initialised afresh on load."""
+    get = getattr(model, "get_expanded_tied_weights_keys", None)
+    if get is None:
+        return None
+    try:
+        mapping = get(all_submodels=True)
+    except Exception:  # noqa: BLE001 - an unusual model: fall back to dropping every alias
+        return None
+    return set(mapping) | set(mapping.values())
+
+
 def save_full(model: nn.Module, tokenizer, out_dir: str, main: bool) -> None:
     """Gather the full (unsharded) weights and save_pretrained them as safetensors on rank 0.
     One format on any number of ranks: tied aliases are left out (from_pretrained re-ties them),
@@ -150,8 +206,12 @@ def save_full(model: nn.Module, tokenizer, out_dir: str, main: bool) -> None:
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    retied = _retied_on_load(model)
     for name in tied_aliases(model):
-        sd.pop(name, None)
+        if retied is None or name in retied:
+            sd.pop(name, None)
+        elif name in sd:  # its own copy: save_pretrained would drop one of two names sharing storage
+            sd[name] = sd[name].clone()
     if main:  # into a temp folder, renamed when complete: a kill never leaves half-written JSON
         import shutil
         tmp = out_dir.rstrip("/") + ".tmp"

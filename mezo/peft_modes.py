@@ -9,7 +9,8 @@ counterparts): what is trainable, how it is built before FSDP2 sharding, and how
   (`adapter_config.json` + `adapter_model.safetensors`, loadable by `PeftModel.from_pretrained`).
   Paper setting: r=8, alpha=16 on the query and value projections (the defaults; the seed
   presets' r=16, alpha=32 are `--lora_r 16 --lora_alpha 32`); the target modules default to
-  q_proj,v_proj (OPT, Llama-style) or query,value (RoBERTa).
+  q_proj,v_proj (OPT, Llama-style) or query,value (RoBERTa). Masked LMs (RoBERTa) also keep
+  the MLM head trainable, as the reference's medium models do (`apply_lora`, train_head).
 
 * Prefix tuning (`--prefix_tuning`): `PrefixLM` wraps the model and owns one trainable key
   and one value tensor per layer ([kv_heads, num_prefix, head_dim], i.e. what the attention
@@ -38,6 +39,7 @@ from torch import nn
 
 LORA_DEFAULT_TARGETS = "q_proj,v_proj"      # OPT, Llama-style
 LORA_ROBERTA_TARGETS = "query,value"      # RoBERTa / BERT attention
+HEAD = "lm_head"                          # the MLM head (masked LMs keep it trainable under LoRA)
 PREFIX_WEIGHTS = "prefix_model.safetensors"
 PREFIX_CONFIG = "prefix_config.json"
 MODES = ("mezo", "mezo_lora", "mezo_prefix", "ft", "ft_lora", "ft_prefix", "linear_probe")
@@ -61,20 +63,30 @@ def is_masked_lm(model: nn.Module) -> bool:
 
 
 def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, targets=None,
-               dropout: float = 0.0, seed: int = 0) -> nn.Module:
+               dropout: float = 0.0, seed: int = 0, train_head: bool = False) -> nn.Module:
     """Inject LoRA adapters (before sharding) and freeze the base. Returns the inner model (the
     original module with LoRA layers), the PeftModel being reachable through `peft_model_of`.
     The adapters take the base's dtype (autocast_adapter_dtype=False): FSDP2 all-gathers a
-    block's parameters as one buffer, and the ZO engine keeps fp32 masters for bf16 anyway."""
+    block's parameters as one buffer, and the ZO engine keeps fp32 masters for bf16 anyway.
+
+    train_head (masked LMs, as the reference's medium models under --apply_lora, which freeze
+    only the parameters named roberta.*): the MLM head `lm_head` stays trainable besides the
+    adapters, through peft's modules_to_save (a trainable copy, saved with the adapters and
+    restored by PeftModel.from_pretrained). A decoder tied to the frozen input embeddings
+    (--tie_emb) stays frozen, as there."""
     from peft import LoraConfig, get_peft_model
+    tied_decoder = train_head and model.get_output_embeddings() is not None and \
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(model, targets),
-                     bias="none", task_type=None if is_masked_lm(model) else "CAUSAL_LM")
+                     bias="none", task_type=None if is_masked_lm(model) else "CAUSAL_LM",
+                     modules_to_save=[HEAD] if train_head else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # identical adapter init on every rank
         peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=False)
     inner = peft_model.get_base_model()
     for n, p in inner.named_parameters():
-        p.requires_grad_("lora_" in n)
+        head = train_head and ".modules_to_save." in n and not (tied_decoder and n.endswith("decoder.weight"))
+        p.requires_grad_("lora_" in n or head)
     object.__setattr__(inner, "_mezo_peft_model", peft_model)  # not a submodule: no cycle
     return inner
 
@@ -187,7 +199,8 @@ def prepare(peft, trainer: str, seed: int, model: nn.Module, tokenizer=None) -> 
     Returns the module the loop trains and evaluates; its parameters that require grad are
     exactly the trainable ones (none for the linear probe: the model is a frozen feature extractor)."""
     if peft.use_lora:
-        return apply_lora(model, peft.lora_r, peft.lora_alpha, peft.lora_target_modules, peft.lora_dropout, seed=seed)
+        return apply_lora(model, peft.lora_r, peft.lora_alpha, peft.lora_target_modules, peft.lora_dropout, seed=seed,
+                          train_head=is_masked_lm(model))
     if peft.prefix_tuning:
         vocab = min(len(tokenizer), model.config.vocab_size) if tokenizer is not None else None
         return apply_prefix(model, peft.num_prefix, vocab, peft.prefix_init_by_real_act, seed=seed)
@@ -212,8 +225,11 @@ def full_tensors(named) -> dict[str, torch.Tensor]:
 
 
 def save_lora(model: nn.Module, out_dir: str, main: bool) -> None:
+    """The adapters (and a trained head copy, modules_to_save) as peft's save_pretrained writes them."""
     peft_model = peft_model_of(model)
-    sd = full_tensors((n, p) for n, p in peft_model.named_parameters() if "lora_" in n)
+    # with aliases: the head's decoder bias is its bias, and peft saves it under both names
+    sd = full_tensors((n, p) for n, p in peft_model.named_parameters(remove_duplicate=False)
+                      if "lora_" in n or ".modules_to_save." in n)
     if main:
         peft_model.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
 

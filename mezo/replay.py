@@ -72,12 +72,19 @@ def main(argv=None) -> int:
 
     import torch
 
+    from mezo.resume import saved_value
     from mezo.zo import ZOEngine
     torch.set_grad_enabled(False)
     t0 = time.time()
-    model, tok = models.load(a.base, a.gguf_file, dtype, torch.device("cpu"))
+    # a masked LM loads as training loaded it (its decoder untied unless the header says tied),
+    # and decays what training decayed
+    family = "mlm" if models.infer_family(a.base, a.gguf_file) == "roberta" else "causal"
+    model, tok = models.load(a.base, a.gguf_file, dtype, torch.device("cpu"), family,
+                             tie_emb=saved_value(header, "tie_emb"))
     engine = ZOEngine.from_model(model, dist=header["zo_dist"], backend=a.zo_backend or header.get("zo_backend", "eager"),
-                                 fused=header.get("fused", True), master_weights=header["master_weights"])
+                                 fused=header.get("fused", True),
+                                 master_weights=saved_value(header, "numerics") == "master",
+                                 decay=models.decays(family, "mezo"))
     T.replay(engine, entries)
     models.save_full(model, tok, a.output, True)
     print(f"replayed {len(entries)} steps ({sum(e.skipped for e in entries)} skipped) onto {a.base} in "

@@ -24,10 +24,26 @@ from mezo.telemetry import log
 # settings that must be equal for a resumed run to continue the same trajectory (names as in
 # mezo.config.Config.settings(), the trajectory header and the checkpoint manifest); with a
 # linear schedule, max_steps too
-MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "batch_size",
-              "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate", "lr_scheduler_type",
-              "weight_decay")
+MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "numerics",
+              "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate",
+              "lr_scheduler_type", "weight_decay")
 FLAG_OF = {"master_weights": "--master_weights/--no_master_weights"}
+
+
+def saved_value(saved: dict, key: str):
+    """`key` of a trajectory header or manifest, where files written before the key existed imply
+    it: numerics from master_weights (the only two schemes then), tie_emb True (masked LMs were
+    tied). None: not recorded and not implied."""
+    if key in saved:
+        return saved[key]
+    master = saved.get("master_weights", saved.get("use_master"))
+    if key == "master_weights":
+        return master
+    if key == "numerics" and master is not None:
+        return "master" if master else "reference"
+    if key == "tie_emb":
+        return True
+    return None
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,8 @@ class ResumePlan:
 
 
 def must_match(settings: dict) -> tuple[str, ...]:
-    return MUST_MATCH + (("max_steps",) if settings["lr_scheduler_type"] == "linear" else ())
+    return MUST_MATCH + (("tie_emb",) if "tie_emb" in settings else ()) + \
+        (("max_steps",) if settings["lr_scheduler_type"] == "linear" else ())
 
 
 def same_model(a: str | None, b: str | None) -> bool:
@@ -62,7 +79,7 @@ def check_compatible(what: str, saved: dict, settings: dict) -> None:
         raise BadInput(f"{what}: written for model {saved.get('model_name')!r}{gguf}, "
                        f"not --model_name {settings['model_name']!r}")
     for k in must_match(settings):
-        theirs = saved.get(k, saved.get("use_master")) if k == "master_weights" else saved.get(k)
+        theirs = saved_value(saved, k)
         if theirs is None and k not in saved:
             continue
         mine = settings[k]

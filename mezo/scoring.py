@@ -11,6 +11,12 @@ candidates need no forward of their own: one forward of the prompts gives all of
 Generation (SQuAD, DROP) is greedy decoding with a KV cache over a left-padded batch, stopping
 at a newline (or EOS) after at most max_new_tokens.
 
+Truncation as the reference's encode_prompt (large_models/utils.py): each prompt + continuation
+sequence is cut on its own from the left to max_length, keeping a leading BOS
+(`Encoded.prompt_for`); generation tasks lower max_length by max_new_tokens first (2048 - 50 =
+1998), for the prompt and for prompt + gold alike. When nothing is cut, every candidate follows
+the same whole prompt.
+
 Masked LMs (RoBERTa, LM-BFF prompts). The score of a label word is its logit at the <mask>
 position; the loss is the cross-entropy over the label-word logits, the prediction the argmax.
 Only the mask positions go through the MLM head.
@@ -33,10 +39,31 @@ from mezo.tasks import MASK, Sample
 
 @dataclass
 class Encoded:
-    prompt: list[int]          # prompt ids (causal: left-truncated; mlm: with <s> ... </s>)
+    prompt: list[int]          # causal: the prompt cut for its longest candidate (generation: for
+                               # max_new_tokens); mlm: the whole input, <s> ... </s>
     cands: list[list[int]]     # candidate ids (mlm: one label-word id each)
     gold: list[int] | None     # teacher-forced gold continuation ids (causal "lm" loss), if any
     mask_pos: int | None = None  # mlm: index of the mask token in prompt
+    full: list[int] | None = None  # causal: the whole prompt, before any cut
+    limit: int = 0             # causal: the longest prompt + continuation
+    keep_first: bool = True    # causal: a cut keeps the first (BOS) token
+
+    def prompt_for(self, n: int) -> list[int]:
+        """The prompt a continuation of n tokens follows, as the reference cuts each prompt +
+        continuation sequence on its own (large_models/utils.py encode_prompt): from the left to
+        `limit` tokens, keeping the first token when the tokenizer adds a BOS."""
+        return left_cut(self.full if self.full is not None else self.prompt, self.limit - n, self.keep_first)
+
+
+def left_cut(ids: list[int], budget: int, keep_first: bool) -> list[int]:
+    """`ids` cut from the left to `budget` tokens (token 0 kept with keep_first): the prompt part
+    of encode_prompt's `encoding[0:1] + encoding[1:][-(max_length - 1):]` when the continuation
+    takes max_length - budget tokens."""
+    if len(ids) <= budget:
+        return ids
+    if keep_first:
+        return ids[:1] + (ids[len(ids) - budget + 1:] if budget > 1 else [])
+    return ids[len(ids) - budget:] if budget > 0 else []
 
 
 class Encoder:
@@ -54,6 +81,8 @@ class Encoder:
         self.family = family            # "causal" | "mlm"
         self.max_new_tokens = max_new_tokens
         self.first_token = 0 if model_type == "opt" else None
+        # the reference keeps token 0 in a cut when the tokenizer adds a BOS (add_bos_token)
+        self.keep_first = family != "mlm" and len(tokenizer("").input_ids) > 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self._cache: dict[int, tuple[Sample, Encoded]] = {}
         self._stop = None
@@ -79,18 +108,20 @@ class Encoder:
         gold = None
         if s.target is not None or (s.label is not None and s.candidates):
             gold = self.tok(s.gold_text(), add_special_tokens=False).input_ids
-        reserve = max([len(c) for c in cands] + [len(gold or [])]
-                      + ([self.max_new_tokens] if not s.candidates else []))
-        budget = self.max_length - reserve
-        if len(prompt) > budget:  # keep the end of the prompt (and its first, special, token)
-            prompt = prompt[:1] + prompt[len(prompt) - budget + 1:]
-        return Encoded(prompt, cands, gold)
+        # generation tasks leave room for the answer: max_length - max_new_tokens (2048 - 50 = 1998
+        # in the reference) for the prompt and for prompt + gold alike (encode_prompt)
+        limit = self.max_length - (0 if s.candidates else self.max_new_tokens)
+        e = Encoded(prompt, cands, gold, full=prompt, limit=limit, keep_first=self.keep_first)
+        e.prompt = e.prompt_for(max((len(c) for c in cands), default=0))
+        return e
 
     def _encode_mlm(self, s: Sample) -> Encoded:
-        text = s.prompt.replace(MASK, self.tok.mask_token)
-        ids = self.tok(text).input_ids
-        if len(ids) > self.max_length:  # keep <s> and the end (the mask is near the end for LM-BFF)
-            ids = ids[:1] + ids[len(ids) - self.max_length + 1:]
+        if s.parts is not None:  # LM-BFF: part by part, with its sentence and length limits
+            ids = s.parts.ids(self.tok, self.max_length)
+        else:  # a prompt without a recipe: the text with <mask>, cut from the head
+            ids = self.tok(s.prompt.replace(MASK, self.tok.mask_token)).input_ids
+            if len(ids) > self.max_length:
+                ids = ids[:1] + ids[len(ids) - self.max_length + 1:]
         mask_id = self.tok.mask_token_id
         pos = ids.index(mask_id) if mask_id in ids else len(ids) - 2
         # LM-BFF's label word id: the first token of " " + word (single tokens for RoBERTa)
@@ -174,34 +205,38 @@ def continuation_logprobs(model, enc: Encoder, pairs: list[tuple[list[int], list
 
 def candidate_scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
     """Causal: mean log-likelihood of each candidate, one tensor [n_candidates] per sample."""
-    encoded = [enc(s) for s in samples]
-    if all(len(c) == 1 for _, cands in encoded for c in cands):
-        logp = forward_last(model, [p for p, _ in encoded], enc.pad_id, keep=1)[:, 0]
-        return [logp[i, [c[0] for c in cands]] for i, (_, cands) in enumerate(encoded)]
-    pairs = [(p, c) for p, cands in encoded for c in cands]
+    encoded = [enc.encode(s) for s in samples]
+    if all(len(c) == 1 for e in encoded for c in e.cands):  # every candidate follows the same prompt
+        logp = forward_last(model, [e.prompt_for(1) for e in encoded], enc.pad_id, keep=1)[:, 0]
+        return [logp[i, [c[0] for c in e.cands]] for i, e in enumerate(encoded)]
+    pairs = [(e.prompt_for(len(c)), c) for e in encoded for c in e.cands]
     tok_lp, valid = continuation_logprobs(model, enc, pairs)
     mean_lp = tok_lp.sum(-1) / valid.sum(-1)
     out, j = [], 0
-    for _, cands in encoded:
-        out.append(mean_lp[j: j + len(cands)])
-        j += len(cands)
+    for e in encoded:
+        out.append(mean_lp[j: j + len(e.cands)])
+        j += len(e.cands)
     return out
 
 
 def mask_logits(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
     """MLM: the label-word logits at the mask, one tensor [n_words] per sample (right-padded batch;
-    only the mask positions go through the MLM head when the model exposes base + lm_head)."""
+    only the mask positions go through the MLM head of a Hugging Face *ForMaskedLM)."""
     encoded = [enc.encode(s) for s in samples]
     device = next(model.parameters()).device
     ids, mask = _right_pad([e.prompt for e in encoded], enc.pad_id)
     ids, mask = ids.to(device), mask.to(device)
     rows = torch.arange(len(encoded), device=device)
     pos = torch.tensor([e.mask_pos for e in encoded], device=device)
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    head = getattr(model, "lm_head", None)
-    if base is not None and head is not None:
-        hidden = base(input_ids=ids, attention_mask=mask)[0]
-        logits = head(hidden[rows, pos]).float()
+    head = getattr(model, "lm_head", None) if "MaskedLM" in type(model).__name__ else None
+    if head is not None:
+        # the root's forward (so that FSDP2 gathers the root's parameters: embeddings, head), with
+        # only the mask positions handed to the head
+        hook = head.register_forward_pre_hook(lambda _m, args: (args[0][rows, pos], *args[1:]))
+        try:
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        finally:
+            hook.remove()
     else:
         logits = model(input_ids=ids, attention_mask=mask).logits[rows, pos].float()
     return [logits[i, [c[0] for c in e.cands]] for i, e in enumerate(encoded)]
@@ -232,7 +267,8 @@ def lm_losses(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Tensor,
     counts = [loss_weight(enc, s, "lm") for s in samples]
     if not have:
         return torch.zeros(len(samples)), counts
-    tok_lp, valid = continuation_logprobs(model, enc, [(encoded[i].prompt, encoded[i].gold) for i in have])
+    tok_lp, valid = continuation_logprobs(model, enc, [(encoded[i].prompt_for(len(encoded[i].gold)), encoded[i].gold)
+                                                       for i in have])
     nll = torch.zeros(len(samples), device=tok_lp.device, dtype=tok_lp.dtype)
     return nll.index_copy(0, torch.tensor(have, device=tok_lp.device), -tok_lp.sum(-1)), counts
 
@@ -331,13 +367,17 @@ def loss_terms(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[t
 
 
 def context_length(model) -> int | None:
-    """The longest input the model's position embeddings allow (RoBERTa: minus its padding offset)."""
+    """The longest input the model's position embeddings allow (RoBERTa: minus its padding offset;
+    a causal LM with prefixes: minus the prefix length, by which peft_modes.PrefixLM shifts the
+    positions)."""
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "max_position_embeddings", None)
     if n is None:
         return None
     if getattr(cfg, "model_type", None) in ("roberta", "xlm-roberta"):
         n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
+    if getattr(model, "num_prefix", 0) and not getattr(model, "masked_lm", False):
+        n -= model.num_prefix
     return n
 
 

@@ -151,15 +151,17 @@ class ZOEngine:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, *, dist="gaussian", backend="auto", fused=True,
-                   master_weights=False, params=None):
+                   master_weights=False, params=None, decay=None):
+        """decay: name -> whether weight decay applies (default: not biases and norms, no_decay)."""
         named = params if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decays = decay if decay is not None else (lambda n: not no_decay(n))
         slots = []
         for name, p in named:
             local, start = local_view(p)
             if local.numel() == 0:
                 continue
             master = local.detach().float().clone() if master_weights else None
-            slots.append(Slot(name, local, start, not no_decay(name), master))
+            slots.append(Slot(name, local, start, bool(decays(name)), master))
         device = slots[0].local.device if slots else torch.device("cpu")
         if dist not in noise.DISTRIBUTIONS:
             raise ValueError(f"--zo_dist must be one of {noise.DISTRIBUTIONS}, got {dist!r}")

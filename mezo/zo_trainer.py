@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from mezo import checkpoint, distributed as D, preemption, resume, trajectory as T
+from mezo import checkpoint, distributed as D, models, preemption, resume, trajectory as T
 from mezo.batches import BatchStream, make_loss_fn
 from mezo.context import Run
 from mezo.errors import EXIT_PREEMPTED, NonFinite, Preempted
@@ -125,9 +125,9 @@ def train(run: Run) -> dict:
     if not start:
         run.zero_shot()
     engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused,
-                                 master_weights=zo.master_weights)
-    log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, master weights %s)",
-             len(engine.slots), zo.dist, engine.backend, "fused" if engine.fused else "plain", engine.master_weights)
+                                 master_weights=zo.master_weights, decay=models.decays(cfg.model.task_family, "mezo"))
+    log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, numerics %s)",
+             len(engine.slots), zo.dist, engine.backend, "fused" if engine.fused else "plain", zo.numerics)
     resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine)  # master shards, replay
     stream = BatchStream(len(run.splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed,
                          t.forward_batch_size)

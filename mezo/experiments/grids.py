@@ -96,7 +96,7 @@ def _opt_run(task, mode, seed, lr, bs, model) -> Run:
         args.update(learning_rate=fmt(lr), **_steps(run), weight_decay=_whole(run["weight_decay"]))
     elif run:
         args.update(batch_size=bs, learning_rate=fmt(lr), zo_eps=fmt(run["zo_eps"]), **_steps(run),
-                    weight_decay=_whole(run["weight_decay"]))
+                    weight_decay=_whole(run["weight_decay"]), numerics=hparams.OPT_NUMERICS)
     return Run("opt", task, mode, seed, args, tag=_tag(mode, lr, run.get("zo_eps"), None, seed, None))
 
 

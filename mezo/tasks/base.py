@@ -25,6 +25,7 @@ class Sample:
     data: dict = field(default_factory=dict)  # the raw row
     gold: list[int] | None = None   # every correct candidate index where several are (ReCoRD)
     target: str | None = None       # generation: the teacher-forced gold continuation (" answer\n")
+    parts: object | None = None     # masked LM: how the input is tokenised, part by part (mlm.LMBFFInput)
 
     @property
     def gold_ids(self) -> list[int]:

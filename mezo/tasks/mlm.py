@@ -1,11 +1,12 @@
 """Masked-LM tasks (RoBERTa) with LM-BFF prompts, as MeZO's medium models run them.
 
 A sample's prompt is the LM-BFF template rendered to text with MASK ("<mask>") where the
-mask token goes; the scorer swaps MASK for tokenizer.mask_token and lets the tokenizer add
-<s> ... </s> (the template's *cls* and *sep+*). Candidates are the label words with their
-leading space (LM-BFF scores " great" at the mask). LM-BFF tokenises the template part by
-part and cuts sentence parts to first_sent_limit / other_sent_limit tokens: `segments(row)`
-gives those parts for a scorer that wants that exactly.
+mask token goes (for reading and logs). Candidates are the label words with their leading space
+(LM-BFF scores " great" at the mask). The model input is what LM-BFF's tokenize_multipart_input
+(medium_models/src/dataset.py, prompt without demonstrations) builds: the template tokenised part
+by part, each sentence part cut to first_sent_limit (sentence 0) or other_sent_limit tokens, the
+whole cut from the tail to max_seq_len tokens (128, or the task's --max_seq_len 256 in
+run_fewshot.sh). `Sample.parts` (an LMBFFInput) carries that recipe to the scorer.
 
 Data: k examples per class for train and k more for dev (`kshot_splits`, LM-BFF's
 generate_k_shot_data.py with --mode k-shot-1k-test), test = the task's evaluation split cut to
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,6 +54,55 @@ def render_lmbff(template: str, sents: list[str]) -> list[tuple[str, int | None]
     return out
 
 
+LMBFF_MAX_LENGTH = 128      # run_fewshot.sh --max_seq_length 128 unless the task sets --max_seq_len
+SPECIAL_IDS = {"cls": "cls_token_id", "bos": "bos_token_id", "eos": "eos_token_id", "sep": "sep_token_id",
+               "sep+": "sep_token_id", "mask": "mask_token_id"}
+_SENT = re.compile(r"^(\+?)sent([lu]?)(-?)_(\d+)$")   # *sent_i*, *+sentl_i*, *sent-_i*, *sentu-_i*, ...
+
+
+@dataclass(frozen=True)
+class LMBFFInput:
+    """One example's LM-BFF input recipe: the template, the sentences and the length limits."""
+    template: str
+    sents: tuple[str, ...]
+    first_sent_limit: int | None = None
+    other_sent_limit: int | None = None
+    max_length: int = LMBFF_MAX_LENGTH
+
+    def ids(self, tok, max_length: int | None = None) -> list[int]:
+        """tokenize_multipart_input(prompt=True): each template part tokenised on its own (no
+        special tokens), sentence parts cut to their limit, then the whole cut from the tail to
+        min(self.max_length, max_length) tokens (truncate_head False). Where that cut would drop
+        the mask (LM-BFF stops with an assertion there), the head is cut instead, keeping <s>."""
+        out: list[int] = []
+        for part in self.template.split("*"):
+            if not part:
+                continue
+            if part in SPECIAL_IDS:
+                out.append(getattr(tok, SPECIAL_IDS[part]))
+                continue
+            m = _SENT.match(part)
+            if m:
+                space, case, drop, i = m.groups()
+                text = self.sents[int(i)]
+                if case:
+                    text = (text[:1].lower() if case == "l" else text[:1].upper()) + text[1:]
+                if drop:
+                    text = text[:-1]
+                new = tok((" " if space else "") + text, add_special_tokens=False).input_ids
+                limit = self.first_sent_limit if int(i) == 0 else self.other_sent_limit
+                out += new[:limit] if limit is not None else new
+            elif len(part) == 1:  # LM-BFF looks a one-character part up as a token
+                out.append(tok.convert_tokens_to_ids(part))
+            else:
+                out += tok(part.replace("_", " "), add_special_tokens=False).input_ids
+        n = self.max_length if max_length is None else min(self.max_length, max_length)
+        if len(out) > n:
+            cut = out[:n]
+            out = cut if tok.mask_token_id in cut else out[:1] + out[len(out) - n + 1:]
+        return out
+
+
 class MLMTask(Task):
     family = "mlm"
     kshot_name = ""          # folder under <data_dir>/k-shot/
@@ -66,11 +118,17 @@ class MLMTask(Task):
         return int(row[self.label_column])
 
     def segments(self, row: dict) -> list[tuple[str, int | None]]:
-        return render_lmbff(self.template.template, [row[c] for c in self.columns])
+        return render_lmbff(self.template.template, self.sentences(row))
+
+    def sentences(self, row: dict) -> list[str]:
+        return [row[c] for c in self.columns]
 
     def sample(self, row: dict) -> Sample:
         prompt = "".join(text for text, _ in self.segments(row))
-        return Sample(prompt, [" " + w for w in self.template.words], self.label(row), data=row)
+        t = self.template
+        parts = LMBFFInput(t.template, tuple(self.sentences(row)), t.first_sent_limit, t.other_sent_limit,
+                           t.max_seq_len or LMBFF_MAX_LENGTH)
+        return Sample(prompt, [" " + w for w in t.words], self.label(row), data=row, parts=parts)
 
 
 class SST2MLM(MLMTask):
@@ -90,9 +148,9 @@ class TRECMLM(MLMTask):
 class NLIMLM(MLMTask):
     columns = ("premise", "hypothesis")
 
-    def segments(self, row: dict):
+    def sentences(self, row: dict) -> list[str]:
         a, b = (self.columns if "premise" in row else ("sentence1", "sentence2"))
-        return render_lmbff(self.template.template, [row[a], row[b]])
+        return [row[a], row[b]]
 
 
 class MNLIMLM(NLIMLM):

@@ -70,9 +70,13 @@ def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
     model = peft_modes.prepare(peft, "mezo", 0, model, tok)
     names = [n for n, _ in peft_modes.trainable(model)]
     if mode == "lora":
-        assert names and all("lora_A" in n or "lora_B" in n for n in names)
+        # RoBERTa keeps its MLM head trainable too (the reference's medium models; peft modules_to_save)
+        head = [n for n in names if ".modules_to_save." in n]
+        assert bool(head) == (arch == "roberta")
+        names_lora = [n for n in names if n not in head]
+        assert names_lora and all("lora_A" in n or "lora_B" in n for n in names_lora)
         targets = ("query", "value") if arch == "roberta" else ("q_proj", "v_proj")
-        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == set(targets)
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names_lora} == set(targets)
     elif mode.startswith("prefix"):
         L = model.config.num_hidden_layers
         assert sorted(names) == sorted([f"prefix_keys.{i}" for i in range(L)] + [f"prefix_values.{i}" for i in range(L)])
@@ -110,7 +114,9 @@ def test_mezo_mode_in_process(tiny, tmp_path, mode, arch):
         from peft import PeftModel
         assert os.path.exists(tmp_path / "out" / "adapter_config.json")
         saved = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
-        assert saved and all("lora_" in k for k in saved)
+        # peft saves the head copy under the head's own name
+        assert saved and all("lora_" in k or (arch == "roberta" and k.startswith("base_model.model.lm_head."))
+                             for k in saved)
         reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "out")).get_base_model()
     else:
         cfg = json.load(open(tmp_path / "out" / peft_modes.PREFIX_CONFIG))
@@ -175,6 +181,33 @@ def test_mezo_lora_prefix_fsdp2_match_one_process(tiny, tmp_path, mode, arch):
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_roberta_untied_head_fsdp2_match_one_process(tiny, tmp_path, mode):
+    """RoBERTa as the reference's medium models: the MLM decoder an untied copy of the embeddings
+    (no tied parameter, so FSDP2 shards the encoder layers as blocks), weight decay on every
+    parameter, LoRA training the head too. 1 and 2 ranks: the same bits."""
+    extra = ["--model_family", "roberta", "--k", "16", "--learning_rate", "1e-2", "--weight_decay", "0.1",
+             "--save_model"]
+    if mode == "lora":
+        extra += ["--use_lora", "--lora_r", "4", "--lora_alpha", "8"]
+    (m1, e1, d1), (m2, e2, d2) = _pair(tiny["roberta"], tmp_path, extra)
+    keys = ("seeds", "loss", "loss_plus", "loss_minus", "projected_grad", "lr")
+    assert [{k: s[k] for k in keys} for s in m1["steps"]] == [{k: s[k] for k in keys} for s in m2["steps"]]
+    assert any(s["projected_grad"] != 0 for s in m1["steps"]) and m1["evals"] == m2["evals"]
+    assert e1["args"]["tie_emb"] is False
+    base = load_file(os.path.join(tiny["roberta"], "model.safetensors"))
+    emb = "roberta.embeddings.word_embeddings.weight"
+    if mode == "full":
+        w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (d1, d2))
+        assert not torch.equal(w1["lm_head.decoder.weight"], w1[emb])  # untied: each moved on its own
+        assert not torch.equal(w1["lm_head.decoder.weight"], base[emb]) and not torch.equal(w1[emb], base[emb])
+        assert not torch.equal(w1["roberta.embeddings.LayerNorm.weight"], base["roberta.embeddings.LayerNorm.weight"])
+    else:
+        w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (d1, d2))
+        assert not torch.equal(w1["base_model.model.lm_head.decoder.weight"], base[emb])  # the head trained
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
 def test_backprop_ft_fsdp2_match_one_process(tiny, tmp_path):
     extra = ["--trainer", "ft", "--optimizer", "adam", "--learning_rate", "1e-2", "--gradient_accumulation_steps", "2",
              "--warmup_steps", "2", "--lr_scheduler_type", "linear", "--max_grad_norm", "1.0", "--save_model"]
@@ -198,6 +231,32 @@ def test_backprop_ft_fsdp2_match_one_process(tiny, tmp_path):
     assert max((w1[k] - base[k]).abs().max().item() for k in base) > 1e-3  # Adam moved the weights (lr 1e-2)...
     for k in base:  # ...alike on 1 and 2 ranks
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=5e-6)
+
+
+def test_backprop_fp16_is_mixed_precision_with_loss_scaling(tiny, tmp_path):
+    """--trainer ft --dtype fp16 (the OPT grid's FT rows; before: refused) runs as the reference's
+    Trainer --fp16: fp32 weights, fp16 autocast, dynamic loss scaling, clipping at 1.0. lr 100
+    makes step 1's Adam update blow the weights up, so that steps 2-4 overflow in fp16: each is
+    skipped (no update), logged, and halves the scale; the saved weights are then those after
+    step 1, on 1 and on 2 ranks (FSDP2 + autocast + GradScaler on gloo)."""
+    extra = ["--trainer", "ft", "--dtype", "fp16", "--learning_rate", "1e2", "--save_model"]
+    (m1, e1, d1), (m2, e2, d2) = _pair(tiny["opt"], tmp_path, extra)
+    assert e1["amp"] is True and e1["weights_dtype"] == "fp32" and e1["dtype"] == "fp16"
+    steps = m1["steps"]
+    assert [s["loss_scale"] for s in steps] == [65536.0, 65536.0, 32768.0, 16384.0]
+    assert [bool(s.get("overflow")) for s in steps] == [False, True, True, True] and m1["skipped_overflow"] == 3
+    assert steps[0]["grad_norm"] > 0  # clipped at the default --max_grad_norm 1.0, the norm logged
+    assert [(s["loss_scale"], s.get("overflow")) for s in m2["steps"]] == [(s["loss_scale"], s.get("overflow"))
+                                                                           for s in steps]
+    assert m1["steps"][0]["loss"] == m2["steps"][0]["loss"]  # the same forwards under autocast
+    w1 = load_file(str(d1 / "model" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in w1.values())
+    one = tmp_path / "one_step"
+    r = run_script(["--model_name", tiny["opt"], "--output_dir", str(one), *FAST, *extra, "--max_steps", "1",
+                    "--eval_steps", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    w_one = load_file(str(one / "model" / "model.safetensors"))
+    assert all(torch.equal(w1[k], w_one[k]) for k in w1)  # the overflowed steps changed nothing
 
 
 def test_linear_probe_fsdp2_match_one_process(tiny, tmp_path):

@@ -109,7 +109,8 @@ def test_causal_task_renders_scores_evaluates_and_takes_a_mezo_step(name, loaded
 
 
 def test_batched_candidate_scores_match_one_forward_per_candidate(loaded):
-    """The batched, left-padded, logits_to_keep scorer = the reference's batch-1 full-logits scoring."""
+    """The batched, left-padded, logits_to_keep scorer = the reference's batch-1 full-logits scoring
+    (each prompt + candidate sequence cut on its own to max_length, mezo.scoring.Encoded.prompt_for)."""
     model, tok = loaded
     enc = Encoder(tok, 256)
     for name in ("Copa", "RTE", "ReCoRD"):
@@ -117,10 +118,10 @@ def test_batched_candidate_scores_match_one_forward_per_candidate(loaded):
         with torch.no_grad():
             batched = candidate_scores(model, enc, sp.test)
             for s, sc in zip(sp.test, batched):
-                prompt, cands = enc(s)
+                e = enc.encode(s)
                 ref = []
-                for c in cands:
-                    ids = torch.tensor([prompt + c])
+                for c in e.cands:
+                    ids = torch.tensor([e.prompt_for(len(c)) + c])
                     lp = F.log_softmax(model(input_ids=ids).logits.float(), -1)[0, :-1]
                     ref.append(lp.gather(-1, ids[0, 1:, None])[:, 0][-len(c):].mean())
                 # a padded batch runs GEMMs of other shapes than one sequence alone, so its sums
@@ -137,8 +138,9 @@ def test_lm_loss_is_teacher_forced_on_the_gold_tokens_only(loaded):
     assert tok.decode(e.gold) == s.target  # " answer\n"
     with torch.no_grad():
         total, count = loss_terms(model, enc, [s], "lm")
-        ids = torch.tensor([e.prompt + e.gold])
-        labels = torch.tensor([[-100] * len(e.prompt) + e.gold])
+        prompt = e.prompt_for(len(e.gold))  # prompt + gold cut as one sequence
+        ids = torch.tensor([prompt + e.gold])
+        labels = torch.tensor([[-100] * len(prompt) + e.gold])
         hf = model(input_ids=ids, labels=labels).loss  # mean over the gold tokens
     assert count == len(e.gold)
     # HF's loss reads every position's logits, ours the last few (logits_to_keep): other GEMM

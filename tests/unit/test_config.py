@@ -45,6 +45,61 @@ def test_master_weights_resolved_per_dtype(tmp_path, flags, master):
     assert _cfg(tmp_path, *flags).zo.master_weights is master
 
 
+@pytest.mark.parametrize("flags,numerics", [
+    ([], "reference"),                                        # fp32: in place (unchanged default)
+    (["--dtype", "fp16"], "master"), (["--dtype", "bf16"], "master"),
+    (["--dtype", "fp16", "--paper_hparams"], "reference"),   # the reference's mezo.sh --load_float16
+    (["--dtype", "fp16", "--paper_hparams", "--numerics", "master"], "master"),  # one flag away
+    (["--dtype", "bf16", "--no_master_weights"], "reference"), (["--master_weights"], "master"),
+    (["--dtype", "fp16", "--numerics", "reference"], "reference"),
+])
+def test_numerics_auto_and_aliases(tmp_path, flags, numerics):
+    """--numerics auto: reference under --paper_hparams and in fp32, master in bf16/fp16; the old
+    flags stay aliases. Before the flag, --paper_hparams in fp16 kept an fp32 master copy."""
+    cfg = _cfg(tmp_path, *flags)
+    assert (cfg.zo.numerics, cfg.zo.master_weights) == (numerics, numerics == "master")
+    assert cfg.settings()["numerics"] == numerics and cfg.flags["numerics"] == numerics
+
+
+def test_paper_presets_resolve_to_reference_numerics(tmp_path):
+    """Every training preset that says paper_hparams: true runs the reference's numerics (the OPT
+    ones in fp16, before: an fp32 master copy); --numerics master after it gives the project's."""
+    from mezo.experiments import presets
+    names = [n for n in presets.preset_names() if presets.load(n).args.get("paper_hparams")
+             and presets.load(n).script == presets.SCRIPT]
+    assert len(names) >= 10
+    for name in names:
+        argv = ["--config", name, "--output_dir", str(tmp_path / name), "--data_dir", "hub"]
+        assert config.parse(argv).zo.numerics == "reference", name
+        assert config.parse(argv + ["--numerics", "master"]).zo.numerics == "master", name
+    assert config.parse(["--config", "opt13b_sst2_mezo", "--output_dir", str(tmp_path / "x"), "--data_dir",
+                         "hub"]).model.dtype == "fp16"
+
+
+def test_old_headers_imply_numerics_from_master_weights():
+    """Trajectories and manifests written before --numerics: master_weights implies it."""
+    assert resume.saved_value({"master_weights": True}, "numerics") == "master"
+    assert resume.saved_value({"use_master": False}, "numerics") == "reference"
+    assert resume.saved_value({"numerics": "master", "master_weights": True}, "numerics") == "master"
+    assert resume.saved_value({}, "numerics") is None and resume.saved_value({}, "tie_emb") is True
+    s = {"model_name": "m", "gguf_file": None, **{k: 0 for k in resume.MUST_MATCH}, "master_weights": False,
+         "numerics": "reference", "lr_scheduler_type": "constant"}
+    old = {k: v for k, v in s.items() if k != "numerics"}
+    resume.check_compatible("ckpt", old, s)
+    with pytest.raises(BadInput, match="--numerics 'master', this run has 'reference'"):
+        resume.check_compatible("ckpt", {**old, "master_weights": True}, {**s, "master_weights": True})
+
+
+def test_fp16_backprop_is_mixed_precision(tmp_path):
+    """--trainer ft --dtype fp16 (the grids' OPT FT rows) is accepted as AMP: fp32 weights, fp16
+    autocast, loss scaling; other trainers and dtypes are not AMP. Clipping defaults to 1.0."""
+    cfg = _cfg(tmp_path, "--trainer", "ft", "--dtype", "fp16")
+    assert cfg.ft.amp and cfg.ft.max_grad_norm == 1.0
+    assert not _cfg(tmp_path, "--trainer", "ft", "--dtype", "bf16").ft.amp
+    assert not _cfg(tmp_path, "--dtype", "fp16").ft.amp
+    assert _cfg(tmp_path, "--trainer", "ft", "--max_grad_norm", "0").ft.max_grad_norm == 0
+
+
 def test_settings_are_the_trajectory_header(tmp_path):
     cfg = _cfg(tmp_path, "--seed", "7", "--dtype", "bf16")
     h = T.header(cfg.settings(), world_size=2)
@@ -55,7 +110,9 @@ def test_settings_are_the_trajectory_header(tmp_path):
 @pytest.mark.parametrize("flags,needle", [
     (["--trainer", "ft", "--non_diff"], "--non_diff needs --trainer mezo"),
     (["--trainer", "linear_probe", "--use_lora"], "--trainer linear_probe trains a classifier"),
-    (["--trainer", "ft", "--dtype", "fp16"], "needs loss scaling"),
+    (["--numerics", "reference", "--master_weights"], "--master_weights (= --numerics master) contradicts --numerics"),
+    (["--master_weights", "--no_master_weights"], "--master_weights and --no_master_weights contradict"),
+    (["--trainer", "ft", "--max_grad_norm", "-1"], "--max_grad_norm must be >= 0"),
     (["--zo_eps", "0"], "--zo_eps must be > 0 (got 0.0)"),
     (["--save_steps", "-1"], "--save_steps must be >= 0 (got -1)"),
     (["--k", "16"], "--k 16 applies to masked-LM tasks"),

@@ -356,3 +356,75 @@ def test_kshot_test_1k():
     assert [norm(s.data["text"]) for s in test] == [norm(x) for x in ref[1].tolist()]
     trec = get_task("TREC", family="mlm")
     assert len(kshot_test(trec, rows(trec, "test"))) == 500
+
+
+# ------------------------------------------------------------------------------ LM-BFF sequence limits
+@pytest.fixture(scope="module")
+def mlm_tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from helpers import build_roberta
+    return AutoTokenizer.from_pretrained(build_roberta(str(tmp_path_factory.mktemp("lmbff_tok"))))
+
+
+def _enc(tok, text):
+    return tok(text, add_special_tokens=False).input_ids
+
+
+def _reference_nli(tok, premise, hypothesis, first_limit, max_len):
+    """LM-BFF's tokenize_multipart_input for *cls**sent-_0*?*mask*,*+sentl_1**sep+*, written out:
+    each part on its own, sentence 0 cut to first_sent_limit, the whole cut from the tail."""
+    ids = [tok.cls_token_id] + _enc(tok, premise[:-1])[:first_limit] + [tok.convert_tokens_to_ids("?")] + \
+        [tok.mask_token_id] + [tok.convert_tokens_to_ids(",")] + \
+        _enc(tok, " " + hypothesis[:1].lower() + hypothesis[1:]) + [tok.sep_token_id]
+    return ids[:max_len]
+
+
+@needs_data
+def test_lmbff_first_sentence_limit_sst5(mlm_tok):
+    """SST-5: --first_sent_limit 110 (run_fewshot.sh). A real review longer than 110 tokens keeps
+    its first 110, the template part " It was" follows whole; before, the text was tokenised in
+    one piece and nothing was cut."""
+    from mezo.scoring import Encoder
+    task = get_task("SST-5", family="mlm")
+    long = [r for r in rows(task, "train") if len(_enc(mlm_tok, r["text"])) > 110]
+    if not long:
+        pytest.skip("no SST-5 row over 110 tokens with this tokenizer")
+    s = task.sample(long[0])
+    tok = mlm_tok
+    want = [tok.cls_token_id] + _enc(tok, s.data["text"])[:110] + _enc(tok, " It was") + [tok.mask_token_id] + \
+        [tok.convert_tokens_to_ids(".")] + [tok.sep_token_id]
+    e = Encoder(tok, 512, family="mlm").encode(s)
+    assert e.prompt == want and e.prompt[e.mask_pos] == tok.mask_token_id
+    assert e.prompt != tok(s.prompt.replace("<mask>", tok.mask_token)).input_ids  # the old whole-text input
+
+
+@needs_data
+def test_lmbff_nli_limits_rte(mlm_tok):
+    """RTE: --first_sent_limit 240 --max_seq_len 256: the premise cut to 240 tokens, the whole
+    sequence cut from the tail to 256; a model with a shorter context caps that (here 128)."""
+    from mezo.scoring import Encoder
+    task = get_task("RTE", family="mlm")
+    data = rows(task, "train")
+    long = [r for r in data if len(_enc(mlm_tok, r["premise"])) > 240]
+    assert long
+    for r in long + data[:5]:
+        s = task.sample(r)
+        want = _reference_nli(mlm_tok, r["premise"], r["hypothesis"], 240, 256)
+        assert Encoder(mlm_tok, 512, family="mlm").encode(s).prompt == want
+        assert len(want) <= 256
+    short = Encoder(mlm_tok, 128, family="mlm").encode(task.sample(long[0]))
+    assert len(short.prompt) == 128 and short.prompt[short.mask_pos] == mlm_tok.mask_token_id
+
+
+@needs_data
+def test_lmbff_keeps_the_mask_where_the_tail_cut_would_drop_it(mlm_tok):
+    """SNLI has no sentence limit (max 256): a premise long enough to push the mask past 256 tokens
+    (LM-BFF stops with an assertion there) is cut from the head instead, <s> kept."""
+    from mezo.scoring import Encoder
+    task = get_task("SNLI", family="mlm")
+    r = dict(rows(task, "train")[0])
+    r["premise"] = " ".join([r["premise"]] * 40)
+    e = Encoder(mlm_tok, 512, family="mlm").encode(task.sample(r))
+    assert len(e.prompt) == 256 and e.prompt[0] == mlm_tok.cls_token_id
+    assert e.prompt[e.mask_pos] == mlm_tok.mask_token_id and e.prompt[-1] == mlm_tok.sep_token_id

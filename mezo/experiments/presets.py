@@ -19,7 +19,9 @@ this module, so the parser comes in as an argument.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -223,6 +225,10 @@ def argv_with_config(argv: list[str], parser) -> list[str]:
     --config, argv comes back unchanged. `parser` is the entry point's argparse parser (its flags
     are the valid keys of args); the preset's `nproc` is the launcher's and is ignored here.
 
+    A preset's output_dir is a folder per variant: flags on the command line that change the run
+    are appended to its name (derived_output_dir), so `--seed 1` after a preset never writes
+    into the folder of the preset's own run; an --output_dir on the command line is used as given.
+
     A store_true flag the preset switches on (e.g. `paper_hparams: true`) cannot be switched off
     from the command line (argparse has no --no_ form for it): write a preset that extends this
     one and sets the flag to false.
@@ -238,4 +244,60 @@ def argv_with_config(argv: list[str], parser) -> list[str]:
         raise ValueError(f"{_relative(preset.path, os.getcwd())}: script is {preset.script}, not {SCRIPT}: "
                          f"run it with python launch_experiment.py --config {preset.name}")
     _check_args(preset, parser)
-    return flag_args(preset.args) + rest
+    argv = flag_args(preset.args) + rest
+    out = derived_output_dir(preset.args.get("output_dir"), _given(rest, parser))
+    return argv + (["--output_dir", out] if out else [])
+
+
+# flags that change where or how a run is written, resumed or computed, never its numbers: they
+# do not name a run
+NOT_IN_RUN_NAME = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "resume_trajectory", "save_steps",
+    "save_total_limit", "save_model", "log_steps", "memory_logging", "memory_interval", "zo_backend",
+    "forward_batch_size", "eval_batch_size"})
+
+
+def _given(argv: list[str], parser) -> dict:
+    """{dest: the value as typed (True for a bare flag)} of the parser's flags in `argv`; the last wins."""
+    out, i = {}, 0
+    while i < len(argv):
+        flag, eq, text = argv[i].partition("=")
+        action = parser._option_string_actions.get(flag) if flag.startswith("--") else None
+        i += 1
+        if action is None:
+            continue
+        if eq:
+            value = text
+        elif action.nargs == 0:
+            value = True
+        else:
+            value = argv[i] if i < len(argv) else ""
+            i += 1
+        out.pop(action.dest, None)
+        out[action.dest] = value
+    return out
+
+
+def derived_output_dir(base, given: dict) -> str | None:
+    """The preset's output_dir with the command line's flags in its name, so each variant of a
+    preset gets its own folder: `outputs/quick_test` + `--seed 1 --learning_rate 3e-4` ->
+    `outputs/quick_test__seed-1__learning_rate-3e-4`. None: no preset folder, --output_dir given,
+    or no flag that changes the run."""
+    if not base or "output_dir" in given:
+        return None
+    parts = []
+    for dest, value in given.items():
+        if dest in NOT_IN_RUN_NAME:
+            continue
+        if value is True:
+            parts.append(dest)
+        else:
+            text = str(value).rstrip("/")
+            text = os.path.basename(text) if os.sep in text else text  # a model folder: its name
+            parts.append(f"{dest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', text)}")
+    if not parts:
+        return None
+    name = "__".join(parts)
+    if len(name) > 100:  # stays unique: the full name's hash
+        name = name[:90] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{str(base).rstrip('/')}__{name}"

@@ -232,6 +232,20 @@ def test_argv_with_config_bad_command_lines(parser, tmp_path):
         presets.argv_with_config(["--config", child], parser)
 
 
+def test_preset_variants_get_their_own_output_dir(parser):
+    """Flags after a preset that change the run name its folder; an --output_dir given is kept, and
+    flags that only say where or how it is written or resumed (SLURM's --resume_from_checkpoint
+    auto) keep the folder, so a requeued job finds its checkpoints."""
+    def out(*argv):
+        return parser.parse_args(presets.argv_with_config(["--config", "quick_test", *argv], parser)).output_dir
+    assert out() == "outputs/quick_test"
+    assert out("--learning_rate", "3e-4", "--seed=1") == "outputs/quick_test__learning_rate-3e-4__seed-1"
+    assert out("--use_lora", "--model_name", "/m/opt-tiny/") == "outputs/quick_test__use_lora__model_name-opt-tiny"
+    assert out("--seed", "1", "--resume_from_checkpoint", "auto", "--save_steps", "5") == "outputs/quick_test__seed-1"
+    assert out("--seed", "1", "--output_dir", "mine") == "mine"
+    assert len(os.path.basename(out("--text_column", "x" * 300))) < 130
+
+
 def test_presets_module_imports_neither_torch_nor_the_config():
     code = ("import sys; import mezo.experiments.presets, mezo.hparams; "
             "assert 'torch' not in sys.modules and 'mezo.config' not in sys.modules, sorted(sys.modules)")

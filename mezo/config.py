@@ -204,10 +204,12 @@ class CheckpointConfig:
     resume_from_checkpoint: str | None      # the flag as given
     resume_trajectory: str | None           # the flag as given
     plan: resume.ResumePlan                 # what those resolve to
+    max_skipped_steps: int = 3              # --skip_nonfinite: more skipped steps stop the run (failed)
 
     def __post_init__(self):
         _at_least(self.save_steps, 0, "save_steps")
         _at_least(self.save_total_limit, 0, "save_total_limit")
+        _at_least(self.max_skipped_steps, 0, "max_skipped_steps")
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="rebuild the weights from --model_name + this trajectory.jsonl (or compact .bin), then continue")
     a("--skip_nonfinite", action="store_true",
       help="skip (do not apply) steps with a NaN/inf loss or projected gradient instead of stopping")
+    a("--max_skipped_steps", type=int, default=3,
+      help="--skip_nonfinite: once more steps than this were skipped the run has diverged: it stops as failed "
+           "(exit 3), naming the steps")
 
     a = p.add_argument_group("output").add_argument
     a("--output_dir", default=None,
@@ -569,7 +574,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     _check_output_dir(output, ns.resume_from_checkpoint, ns.resume_trajectory)
     plan = resume.plan(ns.resume_from_checkpoint, ns.resume_trajectory, output.dir, settings(model, data, train, zo))
     checkpoint = CheckpointConfig(ns.save_steps, ns.save_total_limit, ns.skip_nonfinite, ns.resume_from_checkpoint,
-                                  ns.resume_trajectory, plan)
+                                  ns.resume_trajectory, plan, ns.max_skipped_steps)
     flags = {**vars(ns), "task_family": family, "resume_ckpt_path": plan.checkpoint, "resume_tail": plan.tail}
     flags.pop("config", None)
     return Config(model, data, train, zo, ft, probe, peft, checkpoint, output, MappingProxyType(flags))

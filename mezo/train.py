@@ -29,7 +29,10 @@ def run(cfg: config.Config) -> dict:
         torch.set_grad_enabled(False)  # forward passes only, except where a trainer enables grad
         return TRAINERS[cfg.train.trainer](ctx)
     except BaseException as e:
-        ctx.metrics.save(getattr(e, "status", "failed"))  # "preempted" for errors.Preempted
+        status = getattr(e, "status", "failed")  # "preempted" for errors.Preempted
+        if status == "failed":  # why, for whoever reads the file rather than the log
+            ctx.metrics.data["error"] = str(e) if isinstance(e, errors.StopRun) else f"{type(e).__name__}: {e}"
+        ctx.metrics.save(status)
         raise
     finally:
         if mem:

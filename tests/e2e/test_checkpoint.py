@@ -225,6 +225,17 @@ def test_nonfinite_stops_or_skips(tiny, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_weights(tmp_path / "replayed", out / "model")
 
+    # more skipped steps than --max_skipped_steps: the run diverged, it stops as failed and says which
+    out = tmp_path / "diverged"
+    r = train(tiny, out, steps=6, extra=["--skip_nonfinite", "--max_skipped_steps", "2"], ok=False,
+              env={"MEZO_FAULT_NONFINITE_STEPS": "1,2,4,5"})
+    assert r.returncode == 3
+    last = [line for line in r.stderr.splitlines() if line.strip()][-1]
+    assert "3 non-finite steps skipped (steps 1, 2, 4), more than --max_skipped_steps 2" in last, r.stderr[-2000:]
+    m = json.load(open(out / "training_metrics.json"), parse_constant=lambda c: 1 / 0)  # strict JSON
+    assert m["status"] == "failed" and m["skipped_nonfinite"] == 3 and "--max_skipped_steps 2" in m["error"]
+    assert m["final"] is None and m["steps"][0]["loss_plus"] is None and m["steps"][0]["nonfinite"]["loss_plus"] == "nan"
+
 
 def test_json_outputs_survive_sigkill(tiny, tmp_path):
     rng = random.Random(0)

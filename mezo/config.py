@@ -443,6 +443,8 @@ def _check_model(ns) -> None:
         raise BadInput(f"--model_name {ns.model_name}: no such file or directory")
     if ns.gguf_file and os.path.isdir(ns.model_name) and not os.path.exists(os.path.join(ns.model_name, ns.gguf_file)):
         raise BadInput(f"--gguf_file {ns.gguf_file}: not found in {ns.model_name}")
+    if not ns.gguf_file and os.path.isdir(os.path.expanduser(ns.model_name)):
+        models.check_folder(ns.model_name)
 
 
 def _data_dir(ns, task, family: str, zero_shot: bool) -> str | None:

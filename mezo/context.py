@@ -16,7 +16,7 @@ from mezo.config import Config
 from mezo.evaluation import evaluate
 from mezo.results import headline
 from mezo.scoring import Encoder, make_encoder
-from mezo.splits import build_splits
+from mezo.splits import build_splits, check_requests, check_scaffold
 from mezo.tasks import Splits, Task, get_task
 from mezo.telemetry import log
 
@@ -109,9 +109,12 @@ def build(cfg: Config) -> Run:
     d, m = cfg.data, cfg.model
     task = get_task(d.task_name, family=d.family, **({} if d.family == "mlm" else {"text_column": d.text_column}))
     splits, train_rows = build_splits(d, task, cfg.train.trainer)  # reference sampling; LM-BFF k-shot for mlm
+    check_requests(splits, task, d, cfg.train)
+    tok = models.load_tokenizer(m.name, m.gguf_file)
+    check_scaffold(task, (splits.test or splits.train)[0], tok, m.max_length, m.task_family, m.max_new_tokens)
 
     t_load = time.time()
-    model, tok = models.load(m.name, m.gguf_file, m.dtype, device, m.task_family)
+    model, tok = models.load(m.name, m.gguf_file, m.dtype, device, m.task_family, tok=tok)
     # LoRA / prefix / frozen (linear probe), before sharding
     model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():

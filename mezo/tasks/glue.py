@@ -14,3 +14,15 @@ class SST2(TemplateTask):
 
     def template_row(self, row: dict) -> dict:
         return {"sentence": row[self.text_column or "sentence"]}
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.text_column or "sentence",)
+
+    def check_row(self, row: dict) -> str | None:
+        if self.text_column and self.text_column not in row:
+            return f"--text_column {self.text_column}: no such column (the row has {', '.join(map(repr, row))})"
+        problem = super().check_row(row)
+        if problem and "sentence" not in row and not self.text_column:
+            problem += "; --text_column names the column that holds the text"
+        return problem

@@ -56,6 +56,7 @@ class Task:
     columns: tuple[str, ...] = ()     # the text columns every row needs (checked: present, a string)
     label_column: str | None = "label"  # the class label (None: the task has none)
     unlabelled: int | None = None     # a label that marks a row without gold, dropped (HF snli: -1)
+    uses_text_column: bool = False    # --text_column picks the column of the text (single-sentence tasks)
 
     def __init__(self, text_column: str | None = None):
         self.text_column = text_column

@@ -10,6 +10,7 @@ class SST2(TemplateTask):
     name = "SST2"
     hf_path, hf_config = "glue", "sst2"
     data_path = "glue/sst2"
+    uses_text_column = True
     verbalizer = tuple(" " + w for w in CAUSAL["SST2"].words)   # label 0 negative, 1 positive
 
     def template_row(self, row: dict) -> dict:

@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +33,7 @@ class Run:
     tok: object
     enc: Encoder
     metrics: telemetry.Metrics
+    base: dict = field(default_factory=dict)    # the base model: name and weights fingerprint (trajectory header)
 
     def evaluate(self, step: int) -> dict:
         """The dev and test metrics now, as an `evals` record."""
@@ -115,6 +116,7 @@ def build(cfg: Config) -> Run:
 
     t_load = time.time()
     model, tok = models.load(m.name, m.gguf_file, m.dtype, device, m.task_family, tok=tok)
+    base = {"base_model": m.name, "base_fingerprint": models.fingerprint(model, models.DTYPES[m.dtype])}
     # LoRA / prefix / frozen (linear probe), before sharding
     model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():
@@ -142,4 +144,4 @@ def build(cfg: Config) -> Run:
     metrics = telemetry.Metrics(os.path.join(out, "training_metrics.json") if main else None,
                                 every=cfg.output.log_steps)
     enc = make_encoder(tok, model, m.max_length, m.task_family, m.max_new_tokens)  # OPT first token 0, mlm / causal
-    return Run(cfg, device, main, task, splits, train_rows, model, tok, enc, metrics)
+    return Run(cfg, device, main, task, splits, train_rows, model, tok, enc, metrics, base)

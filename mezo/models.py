@@ -1,6 +1,7 @@
 """Loading Hugging Face models (hub, local folder or GGUF) and sharding them with FSDP2."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -209,6 +210,24 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
     return model
+
+
+def fingerprint(model: nn.Module, dtype: torch.dtype | None = None, per_tensor: int = 16) -> str:
+    """A short hash of the weights, to tell one base model from another (the trajectory records
+    it; replay compares): `per_tensor` evenly spaced elements of every state-dict tensor (names
+    sorted, shapes included), cast to `dtype` (the training precision: a base loaded in a finer
+    one matches), sha256. Computed once, before sharding, so the same on any number of ranks."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        n = flat.numel()
+        vals = flat[torch.linspace(0, n - 1, steps=min(n, per_tensor), device=flat.device).round().long()] \
+            if n else flat
+        if dtype is not None and vals.is_floating_point():
+            vals = vals.to(dtype)
+        h.update(f"{name}:{tuple(t.shape)}:{vals.dtype}:".encode())
+        h.update(vals.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

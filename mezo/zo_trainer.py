@@ -52,7 +52,9 @@ class Loop:
         self.skipped = r.skipped
         if self.run.main:
             path = os.path.join(self.cfg.output.dir, T.FILENAME)
-            self.traj = T.continue_log(path, r.source, r.start, T.header(self.settings, D.world_size()))
+            # the header names the base model and fingerprints its weights: replay refuses another base
+            self.traj = T.continue_log(path, r.source, r.start, T.header({**self.settings, **self.run.base},
+                                                                         D.world_size()))
         return r
 
     def state(self, step: int) -> dict:

@@ -31,6 +31,7 @@ from mezo.experiments.command import SCRIPT, flag_args, launcher
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 TOP_LEVEL = ("description", "source", "script", "nproc")
+SCRIPTS = (SCRIPT, "run_mezo_paper_experiments.py")   # what a preset may run
 FIELDS = TOP_LEVEL + ("extends", "args")
 EXTENSIONS = (".yaml", ".yml")
 
@@ -103,8 +104,8 @@ def _yaml(path: str, shown: str) -> dict:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{shown}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{shown}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
     except OSError as e:
         raise ValueError(f"{shown}: cannot read ({e.strerror or e})") from None
     if data is None:
@@ -114,6 +115,11 @@ def _yaml(path: str, shown: str) -> dict:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ValueError(f"{shown}: unknown field {unknown[0]!r} (valid: {', '.join(FIELDS)})")
+    nproc = data.get("nproc", 1)
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ValueError(f"{shown}: nproc must be a number of processes >= 1 (got {nproc!r})")
+    if "script" in data and data["script"] not in SCRIPTS:
+        raise ValueError(f"{shown}: script {data['script']!r} is not one of {', '.join(SCRIPTS)}")
     args = data.get("args")
     if args is not None and not isinstance(args, dict):
         raise ValueError(f"{shown}: args is a mapping of flag: value (got {type(args).__name__})")
@@ -165,8 +171,12 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
         key, text = item.split("=", 1)
         key = key.strip().removeprefix("--").removeprefix("args.")
         value = parse_value(text)
-        if key in TOP_LEVEL:
-            setattr(preset, key, int(value) if key == "nproc" else value)
+        if key == "nproc":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--override {item}: nproc is a number of processes >= 1")
+            preset.nproc = value
+        elif key in TOP_LEVEL:
+            setattr(preset, key, value)
         else:
             preset.overrides[key] = value
     return preset

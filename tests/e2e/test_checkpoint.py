@@ -330,6 +330,15 @@ def test_bad_trajectory_inputs(tiny, ref1, tmp_path):
     f.write_text("x")
     r = replay(tiny, ref1 / "trajectory.jsonl", f / "sub" / "rep")
     one_line_error(r, "--output")
+    # another base (same architecture and name pattern, other weights): refused, or replayed with --force
+    other = build_model(str(tmp_path / "other"), seed=1)
+    r = replay(other, ref1 / "trajectory.jsonl", tmp_path / "rep_other")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]  # after the model's loading bar
+    assert r.returncode == 2 and f"--base {other}: not the model the trajectory was trained from" in lines[-1]
+    assert not (tmp_path / "rep_other").exists()
+    r = replay(other, ref1 / "trajectory.jsonl", tmp_path / "rep_other", extra=["--force"])
+    assert r.returncode == 0 and "replaying anyway (--force)" in r.stderr, r.stderr[-2000:]
+    assert os.path.exists(tmp_path / "rep_other" / "model.safetensors")
 
 
 # ------------------------------------------------------------------------------- SLURM requeue

@@ -632,6 +632,10 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     telemetry.check_writable("--output_dir", output.dir)
     _check_output_dir(output, ns.resume_from_checkpoint, ns.resume_trajectory, trainer)
     plan = resume.plan(ns.resume_from_checkpoint, ns.resume_trajectory, output.dir, settings(model, data, train, zo))
+    if plan.fresh and ns.resume_from_checkpoint == "auto" and telemetry.run_status(output.dir) == "completed":
+        raise BadInput(f"--resume_from_checkpoint auto: --output_dir {output.dir} holds a completed run with no "
+                       f"checkpoint or trajectory of these settings to continue; pass --overwrite_output_dir to "
+                       f"replace it, or another --output_dir")
     checkpoint = CheckpointConfig(ns.save_steps, ns.save_total_limit, ns.skip_nonfinite, ns.resume_from_checkpoint,
                                   ns.resume_trajectory, plan, ns.max_skipped_steps)
     flags = {**vars(ns), "task_family": family, "resume_ckpt_path": plan.checkpoint, "resume_tail": plan.tail}

@@ -110,7 +110,7 @@ def build(cfg: Config) -> Run:
     d, m = cfg.data, cfg.model
     task = get_task(d.task_name, family=d.family, **({} if d.family == "mlm" else {"text_column": d.text_column}))
     splits, train_rows = build_splits(d, task, cfg.train.trainer)  # reference sampling; LM-BFF k-shot for mlm
-    check_requests(splits, task, d, cfg.train)
+    check_requests(splits, cfg.train)
     tok = models.load_tokenizer(m.name, m.gguf_file)
     check_scaffold(task, (splits.test or splits.train)[0], tok, m.max_length, m.task_family, m.max_new_tokens)
 

@@ -108,7 +108,8 @@ def _source(task: Task, data, split: str) -> str:
     """How an error names a split: its file, or the hub dataset."""
     if data.data_dir:
         return task.split_file(data.data_dir, split)
-    return f"{data.dataset or task.hf_path}/{data.dataset_config or task.hf_config or ''} (hub, {split})"
+    name = "/".join(x for x in (data.dataset or task.hf_path, data.dataset_config or task.hf_config) if x)
+    return f"{name} (hub, {split})"
 
 
 def _fit_train(task: Task, data, n_rows: int, num_train: int, num_dev: int) -> int:
@@ -125,7 +126,7 @@ def _fit_train(task: Task, data, n_rows: int, num_train: int, num_dev: int) -> i
     return min(num_train, left)
 
 
-def check_requests(splits: Splits, task: Task, data, train) -> None:
+def check_requests(splits: Splits, train) -> None:
     """What the flags ask of the sampled data, checked before the model loads: a batch larger
     than the train set repeats examples (one warning line)."""
     if train.baseline or train.trainer == "linear_probe":
@@ -151,7 +152,8 @@ def check_scaffold(task: Task, sample: Sample, tok, max_length: int, family: str
     need = len(e.prompt) + (0 if family == "mlm" else reserve)
     if max_length < need:
         raise BadInput(f"--max_length {max_length} is shorter than task {task.name}'s prompt scaffold: {need} "
-                       f"tokens without any text (the template{'' if family == 'mlm' else ' and its longest answer'})")
+                       f"tokens without any text (the template"
+                       f"{'' if family == 'mlm' else ' and its longest answer, or --max_new_tokens when generating'})")
 
 
 def icl_samples(task: Task, train_rows: list[dict], test: list[Sample], num_demos: int,

@@ -144,6 +144,16 @@ def run_files(folder: str) -> list[str]:
     return [name for name in RUN_FILES if os.path.lexists(os.path.join(folder, name))]
 
 
+def run_status(folder: str) -> str | None:
+    """The status training_metrics.json in `folder` records, None when there is none (or unreadable)."""
+    try:
+        with open(os.path.join(folder, "training_metrics.json"), encoding="utf-8") as f:
+            status = json.load(f).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
 def clear_run(folder: str) -> list[str]:
     """Delete the run `folder` holds (--overwrite_output_dir): RUN_FILES, peft's README.md beside
     its adapters, leftovers of interrupted writes. Anything else stays (a SLURM job's own log).

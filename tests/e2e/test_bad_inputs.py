@@ -209,6 +209,14 @@ def with_run(w, t, name="out"):
     return os.path.join(t, name)
 
 
+def finished_only(w, t):
+    """A completed run without checkpoints or trajectory (what a baseline or backprop run leaves)."""
+    out = with_run(w, t)
+    shutil.rmtree(os.path.join(out, "checkpoints"))
+    os.unlink(os.path.join(out, "trajectory.jsonl"))
+    return out
+
+
 def train_in(argv_tail, needle, names, id, **kw):
     return T(id, lambda w, t: ["--model_name", w.tiny, "--data_dir", w.data["ok"], "--output_dir", with_run(w, t),
                                *FAST, *argv_tail(w, t)], needle, names, **kw)
@@ -229,6 +237,10 @@ ROWS = [
                                                  os.path.join(w.run, "checkpoints", "step_2"), *FAST],
       "only MeZO runs resume", "--resume_from_checkpoint"),
     train_in(lambda w, t: ["--zero_shot"], "holds a run", "--output_dir", "zero_shot_into_a_run"),
+    T("auto_into_a_finished_run_with_nothing_to_resume",
+      lambda w, t: ["--model_name", w.tiny, "--data_dir", w.data["ok"], "--output_dir", finished_only(w, t),
+                    "--resume_from_checkpoint", "auto", *FAST],
+      "holds a completed run with no checkpoint or trajectory of these settings", "--resume_from_checkpoint auto"),
     T("diverged_run_exits_3", lambda w, t: ["--model_name", w.tiny, "--data_dir", w.data["ok"], "--output_dir",
                                             f"{t}/out", *FAST, "--max_steps", "12", "--eval_steps", "12",
                                             "--learning_rate", "1e9", "--skip_nonfinite", "--max_skipped_steps", "2"],

@@ -7,24 +7,49 @@ Writes table_1_opt13b_results.csv, table_18_roberta_results.csv, table_20_opt_re
 table_22_memory_analysis.csv, table_23_wallclock.csv, all_results.csv (one row per cell: ours,
 the paper's, the verdict, memory, step time, device-hours), runs.csv (one row per run),
 mezo_reproduction_report.md and (with --create_plots) plots/*.png. Runs in progress, killed or with
-unreadable JSON are listed in the report, never fatal.
+unreadable JSON are listed in the report, never fatal. A --results_dir that does not exist or holds
+no run folder is bad input (exit 2, nothing written): an empty report would look like a result.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from mezo.experiments.report import write_all
+from mezo import errors
+
+PROG = "analyze_mezo_results.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        errors.die(message, PROG)
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results_dir", required=True)
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--create_plots", action="store_true")
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=_Help)
+    p.add_argument("--results_dir", required=True, help="the folder the runs are under (searched recursively)")
+    p.add_argument("--output_dir", required=True, help="where the tables, the report and the plots go")
+    p.add_argument("--create_plots", action="store_true", help="also draw loss curves and memory plots (PNG)")
     p.add_argument("--include_incomplete", action="store_true",
                    help="count runs not marked completed, at their best evaluation so far")
     a = p.parse_args(argv)
+    from mezo.experiments.results import FILES, find_runs
+    from mezo.telemetry import check_writable
+    if not os.path.isdir(a.results_dir):
+        p.error(f"--results_dir {a.results_dir}: no such directory")
+    if not find_runs(a.results_dir):
+        p.error(f"--results_dir {a.results_dir}: no run folders under it (a run folder holds one of "
+                f"{', '.join(FILES)})")
+    try:
+        check_writable("--output_dir", a.output_dir)
+    except errors.BadInput as e:
+        p.error(str(e))
+    from mezo.experiments.report import write_all
     out = write_all(a.results_dir, a.output_dir, a.create_plots, a.include_incomplete)
     print(f"{out['n_runs']} run folders ({out['n_not_counted']} not counted or with problems); "
           f"report: {out['report']}; {len(out['plots'])} plots")

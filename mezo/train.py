@@ -29,7 +29,10 @@ def run(cfg: config.Config) -> dict:
         torch.set_grad_enabled(False)  # forward passes only, except where a trainer enables grad
         return TRAINERS[cfg.train.trainer](ctx)
     except BaseException as e:
-        ctx.metrics.save(getattr(e, "status", "failed"))  # "preempted" for errors.Preempted
+        status = getattr(e, "status", "failed")  # "preempted" for errors.Preempted
+        if status == "failed":  # why, for whoever reads the file rather than the log
+            ctx.metrics.data["error"] = str(e) if isinstance(e, errors.StopRun) else f"{type(e).__name__}: {e}"
+        ctx.metrics.save(status)
         raise
     finally:
         if mem:
@@ -42,6 +45,8 @@ def main(argv=None) -> int:
     try:
         run(cfg)
         clean = True
+    except errors.BadInput as e:  # found once the data is read (every rank finds it; rank 0 says it)
+        return errors.bad_input(str(e)) if D.is_main() else errors.EXIT_BAD_INPUT
     except errors.StopRun as e:  # preempted (75), non-finite step (3), unloadable checkpoint (2)
         return errors.report(e, D.is_main())
     finally:

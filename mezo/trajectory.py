@@ -8,7 +8,7 @@ at most the line being written):
 
     {"format": "mezo-trajectory", "version": 1, ...run settings...}        header (line 1)
     {"step": 1, "seeds": [...], "g": [...], "lr": 1e-05, "eps": 0.001, "n": 1, "wd": 0.0}
-    {"step": 2, ..., "skipped": true}         a non-finite step skipped by --skip_nonfinite
+    {"step": 2, ..., "g": [null], "skipped": true}   a non-finite step skipped by --skip_nonfinite
 
 `step` counts completed steps (1-based, as training_metrics.json); floats are written with
 Python's repr, which round-trips exactly, so replay is bit-exact.
@@ -64,7 +64,9 @@ def header(settings: dict, world_size: int, start_step: int = 0) -> dict:
 
 def record(step: int, seeds, grads, lr: float, eps: float, wd: float, skipped: bool = False) -> dict:
     """One step's line."""
-    rec = {"step": step, "seeds": [int(s) for s in seeds], "g": [float(g) for g in grads], "lr": float(lr),
+    # strict JSON: a skipped step's non-finite g is written as null ("skipped" says why)
+    rec = {"step": step, "seeds": [int(s) for s in seeds],
+           "g": [float(g) if math.isfinite(g) else None for g in grads], "lr": float(lr),
            "eps": float(eps), "n": len(seeds), "wd": float(wd)}
     if skipped:
         rec["skipped"] = True
@@ -72,7 +74,7 @@ def record(step: int, seeds, grads, lr: float, eps: float, wd: float, skipped: b
 
 
 def _dumps(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=True)
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
 class Writer:
@@ -131,7 +133,8 @@ def continue_log(path: str, src: str | None, start: int, fresh: dict) -> Writer:
 
 def _entry(rec: dict, where: str) -> Entry:
     try:
-        seeds, grads = [int(s) for s in rec["seeds"]], [float(g) for g in rec["g"]]
+        # null (and, in files before strict JSON, NaN): the g of a skipped non-finite step
+        seeds, grads = [int(s) for s in rec["seeds"]], [math.nan if g is None else float(g) for g in rec["g"]]
         n = int(rec.get("n", len(seeds)))
         if n != len(seeds) or n != len(grads) or n < 1:
             raise TrajectoryError(f"{where}: n={n} but {len(seeds)} seeds and {len(grads)} gradients")

@@ -52,7 +52,9 @@ class Loop:
         self.skipped = r.skipped
         if self.run.main:
             path = os.path.join(self.cfg.output.dir, T.FILENAME)
-            self.traj = T.continue_log(path, r.source, r.start, T.header(self.settings, D.world_size()))
+            # the header names the base model and fingerprints its weights: replay refuses another base
+            self.traj = T.continue_log(path, r.source, r.start, T.header({**self.settings, **self.run.base},
+                                                                         D.world_size()))
         return r
 
     def state(self, step: int) -> dict:
@@ -84,12 +86,19 @@ class Loop:
         engine.drop_update()
         lp, lm = losses[0]
         what = f"step {step}: non-finite loss or projected gradient (L+={lp}, L-={lm}, g={grads})"
-        if self.cfg.checkpoint.skip_nonfinite:
+        last = self.ckpt.last or "none"
+        c = self.cfg.checkpoint
+        if c.skip_nonfinite:
             self.skipped += 1
             self.run.metrics.data["skipped_nonfinite"] = self.skipped
-            log.warning("%s: skipped (--skip_nonfinite), %d skipped so far", what, self.skipped)
-            return True
-        last = self.ckpt.last or "none"
+            if self.skipped <= c.max_skipped_steps:
+                log.warning("%s: skipped (--skip_nonfinite), %d skipped so far", what, self.skipped)
+                return True
+            # a run that keeps producing NaN has diverged: its weights and accuracy mean nothing
+            steps = [r["step"] for r in self.run.metrics.data["steps"] if r.get("skipped_nonfinite")] + [step]
+            raise NonFinite(f"{what}: {self.skipped} non-finite steps skipped (steps {', '.join(map(str, steps))}), "
+                            f"more than --max_skipped_steps {c.max_skipped_steps}: the run diverged (try a smaller "
+                            f"--learning_rate or --zo_eps); last good checkpoint: {last}")
         log.error("%s; last good checkpoint: %s", what, last)
         raise NonFinite(f"{what}; last good checkpoint: {last} (resume with --resume_from_checkpoint; "
                         f"--skip_nonfinite skips such steps)")

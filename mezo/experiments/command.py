@@ -25,9 +25,11 @@ def flag_args(args: dict) -> list[str]:
 
 
 def launcher(nproc: int = 1, *, python: str | None = None) -> list[str]:
-    """`python` for one process, `torchrun --nproc_per_node N` for more."""
+    """`python` for one process, torchrun for more: `python -m torch.distributed.run
+    --nproc_per_node N`, with this interpreter (a `torchrun` first on PATH may be another
+    environment's)."""
     if nproc and nproc > 1:
-        return ["torchrun", "--nproc_per_node", str(nproc)]
+        return [python or sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     return [python or sys.executable]
 
 

@@ -19,7 +19,9 @@ this module, so the parser comes in as an argument.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -29,6 +31,7 @@ from mezo.experiments.command import SCRIPT, flag_args, launcher
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 TOP_LEVEL = ("description", "source", "script", "nproc")
+SCRIPTS = (SCRIPT, "run_mezo_paper_experiments.py")   # what a preset may run
 FIELDS = TOP_LEVEL + ("extends", "args")
 EXTENSIONS = (".yaml", ".yml")
 
@@ -101,8 +104,8 @@ def _yaml(path: str, shown: str) -> dict:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{shown}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{shown}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
     except OSError as e:
         raise ValueError(f"{shown}: cannot read ({e.strerror or e})") from None
     if data is None:
@@ -112,6 +115,11 @@ def _yaml(path: str, shown: str) -> dict:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ValueError(f"{shown}: unknown field {unknown[0]!r} (valid: {', '.join(FIELDS)})")
+    nproc = data.get("nproc", 1)
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ValueError(f"{shown}: nproc must be a number of processes >= 1 (got {nproc!r})")
+    if "script" in data and data["script"] not in SCRIPTS:
+        raise ValueError(f"{shown}: script {data['script']!r} is not one of {', '.join(SCRIPTS)}")
     args = data.get("args")
     if args is not None and not isinstance(args, dict):
         raise ValueError(f"{shown}: args is a mapping of flag: value (got {type(args).__name__})")
@@ -163,8 +171,12 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
         key, text = item.split("=", 1)
         key = key.strip().removeprefix("--").removeprefix("args.")
         value = parse_value(text)
-        if key in TOP_LEVEL:
-            setattr(preset, key, int(value) if key == "nproc" else value)
+        if key == "nproc":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--override {item}: nproc is a number of processes >= 1")
+            preset.nproc = value
+        elif key in TOP_LEVEL:
+            setattr(preset, key, value)
         else:
             preset.overrides[key] = value
     return preset
@@ -223,6 +235,10 @@ def argv_with_config(argv: list[str], parser) -> list[str]:
     --config, argv comes back unchanged. `parser` is the entry point's argparse parser (its flags
     are the valid keys of args); the preset's `nproc` is the launcher's and is ignored here.
 
+    A preset's output_dir is a folder per variant: flags on the command line that change the run
+    are appended to its name (derived_output_dir), so `--seed 1` after a preset never writes
+    into the folder of the preset's own run; an --output_dir on the command line is used as given.
+
     A store_true flag the preset switches on (e.g. `paper_hparams: true`) cannot be switched off
     from the command line (argparse has no --no_ form for it): write a preset that extends this
     one and sets the flag to false.
@@ -238,4 +254,60 @@ def argv_with_config(argv: list[str], parser) -> list[str]:
         raise ValueError(f"{_relative(preset.path, os.getcwd())}: script is {preset.script}, not {SCRIPT}: "
                          f"run it with python launch_experiment.py --config {preset.name}")
     _check_args(preset, parser)
-    return flag_args(preset.args) + rest
+    argv = flag_args(preset.args) + rest
+    out = derived_output_dir(preset.args.get("output_dir"), _given(rest, parser))
+    return argv + (["--output_dir", out] if out else [])
+
+
+# flags that change where or how a run is written, resumed or computed, never its numbers: they
+# do not name a run
+NOT_IN_RUN_NAME = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "resume_trajectory", "save_steps",
+    "save_total_limit", "save_model", "log_steps", "memory_logging", "memory_interval", "zo_backend",
+    "forward_batch_size", "eval_batch_size"})
+
+
+def _given(argv: list[str], parser) -> dict:
+    """{dest: the value as typed (True for a bare flag)} of the parser's flags in `argv`; the last wins."""
+    out, i = {}, 0
+    while i < len(argv):
+        flag, eq, text = argv[i].partition("=")
+        action = parser._option_string_actions.get(flag) if flag.startswith("--") else None
+        i += 1
+        if action is None:
+            continue
+        if eq:
+            value = text
+        elif action.nargs == 0:
+            value = True
+        else:
+            value = argv[i] if i < len(argv) else ""
+            i += 1
+        out.pop(action.dest, None)
+        out[action.dest] = value
+    return out
+
+
+def derived_output_dir(base, given: dict) -> str | None:
+    """The preset's output_dir with the command line's flags in its name, so each variant of a
+    preset gets its own folder: `outputs/quick_test` + `--seed 1 --learning_rate 3e-4` ->
+    `outputs/quick_test__seed-1__learning_rate-3e-4`. None: no preset folder, --output_dir given,
+    or no flag that changes the run."""
+    if not base or "output_dir" in given:
+        return None
+    parts = []
+    for dest, value in given.items():
+        if dest in NOT_IN_RUN_NAME:
+            continue
+        if value is True:
+            parts.append(dest)
+        else:
+            text = str(value).rstrip("/")
+            text = os.path.basename(text) if os.sep in text else text  # a model folder: its name
+            parts.append(f"{dest}-{re.sub(r'[^A-Za-z0-9._+-]', '_', text)}")
+    if not parts:
+        return None
+    name = "__".join(parts)
+    if len(name) > 100:  # stays unique: the full name's hash
+        name = name[:90] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{str(base).rstrip('/')}__{name}"

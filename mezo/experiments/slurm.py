@@ -1,7 +1,10 @@
 """SLURM batch scripts for grid runs: one sbatch file per run plus submit_all.sh.
 
-Each script starts one `torchrun` per node through `srun`; the nodes meet through torchrun's c10d
-rendezvous on the first node.
+Each script starts one torchrun per node through `srun`; the nodes meet through torchrun's c10d
+rendezvous on the first node. torchrun is `<python> -m torch.distributed.run` with the Python that
+wrote the scripts (SlurmOptions.python, --slurm_python), not whatever `torchrun` comes first on the
+node's PATH, so a job runs the code and libraries its dry run checked; `--slurm_setup` adds a shell
+line before it (modules, an environment to activate).
 
 Preemption and time limits (mezo/checkpoint.py): `--signal=USR1@120` makes SLURM send SIGUSR1 to
 every process of the job step two minutes before the time limit; the training ranks agree at the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from dataclasses import dataclass
 
 from mezo.errors import EXIT_PREEMPTED  # imports nothing heavy: this module stays torch-free
@@ -33,6 +37,8 @@ class SlurmOptions:
     time: str = "24:00:00"
     account: str | None = None
     cpus_per_gpu: int = 8
+    python: str = sys.executable  # the interpreter that runs torchrun (-m torch.distributed.run)
+    setup: str | None = None      # a shell line run first (module load ..., source .../activate)
 
 
 def sbatch_script(name: str, args: dict, opts: SlurmOptions, workdir: str) -> str:
@@ -58,6 +64,7 @@ def sbatch_script(name: str, args: dict, opts: SlurmOptions, workdir: str) -> st
     body = f"""
 set -euo pipefail
 cd {shlex.quote(workdir)}
+{opts.setup or "# (no --slurm_setup line)"}
 mkdir -p {out}
 if grep -qs '"status": *"completed"' {out}/training_metrics.json; then
     echo "already completed: {out_dir}"; exit 0
@@ -68,8 +75,8 @@ STAMP={out}/.slurm-start-$SLURM_JOB_ID
 touch "$STAMP"
 trap 'echo "SIGTERM: waiting for the training ranks to checkpoint"' TERM
 set +e
-srun --kill-on-bad-exit=1 bash -c 'trap "" USR1; exec torchrun "$@"' torchrun \\
-    --nnodes "$SLURM_NNODES" --nproc_per_node {opts.gpus} \\
+srun --kill-on-bad-exit=1 bash -c 'trap "" USR1; exec "$@"' torchrun \\
+    {shlex.quote(opts.python)} -m torch.distributed.run --nnodes "$SLURM_NNODES" --nproc_per_node {opts.gpus} \\
     --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \\
     {train_cmd} --resume_from_checkpoint auto
 RC=$?

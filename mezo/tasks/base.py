@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mezo.errors import BadInput
+
 
 @dataclass
 class Sample:
@@ -52,6 +54,10 @@ class Task:
     family: str = "causal"            # causal (decoder LM) | mlm (RoBERTa, LM-BFF prompts)
     missing_note: str = ""            # appended to the error when a local split file is absent
     num_dev: int = 500                # the reference's default dev size for this task
+    columns: tuple[str, ...] = ()     # the text columns every row needs (checked: present, a string)
+    label_column: str | None = "label"  # the class label (None: the task has none)
+    unlabelled: int | None = None     # a label that marks a row without gold, dropped (HF snli: -1)
+    uses_text_column: bool = False    # --text_column picks the column of the text (single-sentence tasks)
 
     def __init__(self, text_column: str | None = None):
         self.text_column = text_column
@@ -65,16 +71,119 @@ class Task:
 
     def load_split(self, split: str, data_dir: str | None = None, hf_path: str | None = None,
                    hf_config: str | None = None) -> list[dict]:
-        """Rows of a split: JSON Lines under data_dir, else datasets.load_dataset from the hub."""
+        """Rows of a split: JSON Lines under data_dir, else datasets.load_dataset from the hub.
+        Every row is checked (check_row): BadInput `FILE:LINE: what is wrong` (the hub: `row N`)."""
         if data_dir:
             path = self.split_file(data_dir, split)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{self.name}: no {split!r} split at {path}" + self.missing_note)
-            with open(path, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        import datasets
+            rows, lines = read_jsonl(path)
+            self.check_rows(rows, path, lambda i: f"{path}:{lines[i]}")
+            return rows
         path, config = hf_path or self.hf_path, hf_config if hf_path else self.hf_config
-        return list(datasets.load_dataset(path, config, split=split))
+        name = path + (f"/{config}" if config else "")
+        try:
+            import datasets
+            rows = list(datasets.load_dataset(path, config, split=split))
+        except Exception as e:  # offline, no network, unknown dataset or split: say what is missing instead
+            why = (str(e).strip().splitlines() or [""])[0][:160]
+            raise BadInput(f"task {self.name}: cannot read {name} ({split}) from the Hugging Face hub "
+                           f"({type(e).__name__}: {why}); offline, pass --data_dir D holding "
+                           f"D/{self.data_path}/{{{self.train_split},{self.eval_split}}}.jsonl (one JSON object per "
+                           f"line, the hub's columns), e.g. --data_dir ../shared/data") from None
+        self.check_rows(rows, f"{name} (hub, {split})", lambda i: f"{name} (hub, {split}) row {i + 1}")
+        return rows
+
+    # ------------------------------------------------------------------ checks
+    def label_values(self) -> tuple | None:
+        """The valid class labels (None: the task has no class label)."""
+        return None
+
+    def label_text(self) -> str:
+        """The valid labels, for an error message."""
+        return ", ".join(map(str, self.label_values() or ()))
+
+    def missing(self, row: dict, needed: tuple) -> str | None:
+        lost = [c for c in needed if c not in row]
+        if not lost:
+            return None
+        return (f"no column {', '.join(map(repr, lost))} (the row has {', '.join(map(repr, row)) or 'none'}; "
+                f"task {self.name} needs {', '.join(map(repr, needed))})")
+
+    def check_row(self, row: dict) -> str | None:
+        """What is wrong with a raw row for this task, None when nothing: the columns it needs are
+        there, text columns hold text, the label is one of the task's. Cheap: every row read is checked."""
+        return self.check_columns(row, self.columns)
+
+    def check_columns(self, row: dict, columns: tuple[str, ...]) -> str | None:
+        spec = self._specs.get(columns) if hasattr(self, "_specs") else None
+        if spec is None:  # what a row needs, worked out once per task and column set
+            valid = self.label_values() if self.label_column else None
+            spec = (tuple(columns) + ((self.label_column,) if self.label_column else ()),
+                    None if valid is None else frozenset(valid) | ({self.unlabelled} - {None}))
+            self.__dict__.setdefault("_specs", {})[columns] = spec
+        needed, valid = spec
+        for c in needed:
+            if c not in row:
+                return self.missing(row, needed)
+        for c in columns:
+            if type(row[c]) is not str:
+                return f"column {c!r} holds {type(row[c]).__name__} {_short(row[c])}, not text"
+        if valid is None:
+            return None
+        v = row[self.label_column]
+        if type(v) is int and v in valid:
+            return None
+        hint = " (-1 marks an unlabelled row, as in the GLUE / SuperGLUE test splits: use a labelled split)" \
+            if v == -1 else ""
+        return f"label {_short(v)} is not one of task {self.name}'s labels: {self.label_text()}{hint}"
+
+    def check_rows(self, rows: list, shown: str, where) -> None:
+        """BadInput `where(i): problem` at the first bad row; an empty split, or one whose every row
+        is unlabelled, is named too (`shown`)."""
+        if not rows:
+            raise BadInput(f"{shown}: empty (no rows)")
+        for i, row in enumerate(rows):
+            problem = self.check_row(row)
+            if problem:
+                raise BadInput(f"{where(i)}: {problem}")
+        if self.unlabelled is not None and self.label_column and \
+                all(r[self.label_column] == self.unlabelled for r in rows):
+            raise BadInput(f"{shown}: every row is unlabelled (label {self.unlabelled}): use a labelled split")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_jsonl(path: str) -> tuple[list[dict], list[int]]:
+    """The rows of a JSON Lines file and the line number of each (blank lines are skipped).
+    BadInput `FILE:LINE: what is wrong` for bytes that are not UTF-8, a line that is not JSON
+    (a truncated line is named by its own number), or a value that is not an object."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, line_start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+        raise BadInput(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {e.start - line_start + 1}); "
+                       f"the data files are UTF-8 JSON Lines") from None
+    rows, numbers = [], []
+    loads = json.loads
+    for n, line in enumerate(text.split("\n"), 1):
+        try:
+            row = loads(line)
+        except ValueError as e:
+            if not line.strip():
+                continue
+            raise BadInput(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', e)}, column {getattr(e, 'colno', '?')}): "
+                           f"a truncated or corrupt line") from None
+        if type(row) is not dict:
+            raise BadInput(f"{path}:{n}: one JSON object (a row) per line expected, got {type(row).__name__}")
+        rows.append(row)
+        numbers.append(n)
+    return rows, numbers
 
 
 def find_data_dir(start: str | None = None) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mezo.errors import BadInput
 from mezo.tasks.base import Sample, Splits, Task
 from mezo.tasks.templates import MLM
 
@@ -117,6 +118,12 @@ class MLMTask(Task):
     def label(self, row: dict) -> int:
         return int(row[self.label_column])
 
+    def label_values(self) -> tuple:
+        return tuple(range(len(self.template.words)))
+
+    def label_text(self) -> str:
+        return ", ".join(f"{i} ({w})" for i, w in enumerate(self.template.words))
+
     def segments(self, row: dict) -> list[tuple[str, int | None]]:
         return render_lmbff(self.template.template, self.sentences(row))
 
@@ -148,6 +155,10 @@ class TRECMLM(MLMTask):
 class NLIMLM(MLMTask):
     columns = ("premise", "hypothesis")
 
+    def check_row(self, row: dict) -> str | None:
+        glue = "premise" not in row and "sentence1" in row   # GLUE RTE's column names
+        return self.check_columns(row, ("sentence1", "sentence2") if glue else self.columns)
+
     def sentences(self, row: dict) -> list[str]:
         a, b = (self.columns if "premise" in row else ("sentence1", "sentence2"))
         return [row[a], row[b]]
@@ -163,6 +174,7 @@ class MNLIMLM(NLIMLM):
 class SNLIMLM(NLIMLM):
     """Test = SNLI validation (LM-BFF's dev.tsv); locally only snli/test.jsonl exists."""
     name, kshot_name, hf_path, data_path = "SNLI", "SNLI", "snli", "snli"
+    unlabelled = -1   # HF snli: pairs the annotators did not agree on (dropped, as LM-BFF does)
 
 
 class RTEMLM(NLIMLM):
@@ -202,15 +214,17 @@ def kshot_splits(task: MLMTask, rows: list[dict], k: int, seed: int,
     return Splits([task.sample(r) for r in train], [task.sample(r) for r in dev], test)
 
 
-def _tsv(path: str) -> list[list[str]]:
+def _tsv(path: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each row (the header line left out)."""
     with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+        lines = [(n, line.rstrip("\n").split("\t")) for n, line in enumerate(f, 1) if line.strip()]
     return lines[1:]   # header
 
 
-def _csv(path: str) -> list[list[str]]:
+def _csv(path: str) -> list[tuple[int, list[str]]]:
     with open(path, encoding="utf-8", newline="") as f:
-        return [r for r in csv.reader(f) if r]
+        reader = csv.reader(f)
+        return [(reader.line_num, r) for r in reader if r]
 
 
 def _lmbff_row(task: MLMTask, r: list[str]) -> dict:
@@ -229,6 +243,27 @@ def _lmbff_row(task: MLMTask, r: list[str]) -> dict:
     return {"premise": r[a], "hypothesis": r[a + 1], "label": NLI_IDS[r[-1]]}
 
 
+def _read_lmbff(task: MLMTask, path: str, reader) -> list[dict]:
+    """An LM-BFF split file's rows in the HF layout, each checked (Task.check_row); BadInput
+    `FILE:LINE: what is wrong` (not UTF-8, too few fields, an unknown label)."""
+    try:
+        lines = reader(path)
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except csv.Error as e:
+        raise BadInput(f"{path}: not a CSV file ({e})") from None
+    rows = []
+    for n, fields in lines:
+        try:
+            rows.append(_lmbff_row(task, fields))
+        except (IndexError, KeyError, ValueError) as e:
+            raise BadInput(f"{path}:{n}: not an LM-BFF {task.kshot_name} row ({type(e).__name__}: {e}; the line "
+                           f"has {len(fields)} fields)") from None
+    numbers = [n for n, _ in lines]
+    task.check_rows(rows, path, lambda i: f"{path}:{numbers[i]}")
+    return rows
+
+
 def load_kshot(task: MLMTask, data_dir: str, k: int = 16, seed: int = 13) -> dict[str, list[dict]]:
     """LM-BFF's split files <data_dir>/k-shot/<TASK>/<k>-<seed>/{train,dev,test}.{tsv,csv} as
     rows in the HF layout (TREC ids remapped to HF order). Splits whose file is absent are
@@ -242,7 +277,7 @@ def load_kshot(task: MLMTask, data_dir: str, k: int = 16, seed: int = 13) -> dic
         for ext, reader in ((".tsv", _tsv), (".csv", _csv)):
             path = os.path.join(folder, stem + ext)
             if os.path.exists(path):
-                out[split] = [_lmbff_row(task, r) for r in reader(path)]
+                out[split] = _read_lmbff(task, path, reader)
     if not out:
         raise FileNotFoundError(f"no LM-BFF split files in {folder}")
     return out

@@ -107,9 +107,9 @@ def test_resume_is_exact(tiny, ref1, ref2, tmp_path, nproc):
 
 def test_replay_is_bit_identical_json_and_binary(tiny, ref1, ref2, tmp_path):
     for ref in (ref1, ref2):  # trained on 1 and on 2 ranks, replayed on one process
-        r = replay(tiny, ref / "trajectory.jsonl", tmp_path / "replayed")
+        r = replay(tiny, ref / "trajectory.jsonl", tmp_path / f"replayed_{ref.parent.name}")
         assert r.returncode == 0, r.stderr[-2000:]
-        assert_same_weights(tmp_path / "replayed", ref / "model")
+        assert_same_weights(tmp_path / f"replayed_{ref.parent.name}", ref / "model")
     b = subprocess.run([sys.executable, "-m", "mezo.trajectory", "compact", str(ref1 / "trajectory.jsonl"),
                         str(tmp_path / "t.bin")], capture_output=True, text=True, cwd=ROOT)
     assert b.returncode == 0, b.stderr
@@ -225,6 +225,17 @@ def test_nonfinite_stops_or_skips(tiny, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_weights(tmp_path / "replayed", out / "model")
 
+    # more skipped steps than --max_skipped_steps: the run diverged, it stops as failed and says which
+    out = tmp_path / "diverged"
+    r = train(tiny, out, steps=6, extra=["--skip_nonfinite", "--max_skipped_steps", "2"], ok=False,
+              env={"MEZO_FAULT_NONFINITE_STEPS": "1,2,4,5"})
+    assert r.returncode == 3
+    last = [line for line in r.stderr.splitlines() if line.strip()][-1]
+    assert "3 non-finite steps skipped (steps 1, 2, 4), more than --max_skipped_steps 2" in last, r.stderr[-2000:]
+    m = json.load(open(out / "training_metrics.json"), parse_constant=lambda c: 1 / 0)  # strict JSON
+    assert m["status"] == "failed" and m["skipped_nonfinite"] == 3 and "--max_skipped_steps 2" in m["error"]
+    assert m["final"] is None and m["steps"][0]["loss_plus"] is None and m["steps"][0]["nonfinite"]["loss_plus"] == "nan"
+
 
 def test_json_outputs_survive_sigkill(tiny, tmp_path):
     rng = random.Random(0)
@@ -319,12 +330,22 @@ def test_bad_trajectory_inputs(tiny, ref1, tmp_path):
     f.write_text("x")
     r = replay(tiny, ref1 / "trajectory.jsonl", f / "sub" / "rep")
     one_line_error(r, "--output")
+    # another base (same architecture and name pattern, other weights): refused, or replayed with --force
+    other = build_model(str(tmp_path / "other"), seed=1)
+    r = replay(other, ref1 / "trajectory.jsonl", tmp_path / "rep_other")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]  # after the model's loading bar
+    assert r.returncode == 2 and f"--base {other}: not the model the trajectory was trained from" in lines[-1]
+    assert not (tmp_path / "rep_other").exists()
+    r = replay(other, ref1 / "trajectory.jsonl", tmp_path / "rep_other", extra=["--force"])
+    assert r.returncode == 0 and "replaying anyway (--force)" in r.stderr, r.stderr[-2000:]
+    assert os.path.exists(tmp_path / "rep_other" / "model.safetensors")
 
 
 # ------------------------------------------------------------------------------- SLURM requeue
 FAKE_TORCHRUN = """#!{python}
 import json, os, signal, sys
-args = sys.argv[1:]
+assert sys.argv[1:3] == ["-m", "torch.distributed.run"], sys.argv  # torchrun of the generating interpreter
+args = sys.argv[3:]
 out = args[args.index("--output_dir") + 1]
 with open(os.path.join(out, "torchrun_call.json"), "w") as f:
     json.dump({{"args": args, "usr1_ignored": signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN}}, f)
@@ -339,7 +360,8 @@ sys.exit({{"preempted": 1, "completed": 0, "crashed": 1, "exit75": 75}}[mode])
 @pytest.mark.parametrize("mode,rc,requeued", [("preempted", 0, True), ("exit75", 0, True), ("completed", 0, False),
                                                ("crashed", 1, False)])
 def test_sbatch_script_requeues_after_preemption(tmp_path, mode, rc, requeued):
-    """The generated sbatch script, run by bash with fake srun / scontrol / torchrun: torchrun gets
+    """The generated sbatch script, run by bash with fake srun / scontrol / python (the interpreter that
+    wrote the script, running `-m torch.distributed.run`): torchrun gets
     SIGUSR1 ignored and --resume_from_checkpoint auto; a preemption (exit 75, or torchrun's exit 1
     with training_metrics.json "preempted" written by this job) requeues the job; a crash does
     not, even when an older training_metrics.json says "preempted"."""
@@ -349,7 +371,7 @@ def test_sbatch_script_requeues_after_preemption(tmp_path, mode, rc, requeued):
     out.mkdir()
     (bin_ / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {calls}\n[ "$1" = show ] && echo node1\nexit 0\n')
     (bin_ / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
-    (bin_ / "torchrun").write_text(FAKE_TORCHRUN.format(python=sys.executable))
+    (bin_ / "python").write_text(FAKE_TORCHRUN.format(python=sys.executable))  # stands for the interpreter
     for f in bin_.iterdir():
         f.chmod(0o755)
     if mode == "crashed":  # a stale "preempted" from an earlier job must not requeue a crash
@@ -357,7 +379,8 @@ def test_sbatch_script_requeues_after_preemption(tmp_path, mode, rc, requeued):
         os.utime(out / "training_metrics.json", (time.time() - 3600, time.time() - 3600))
     script = tmp_path / "run.sbatch"
     script.write_text(slurm.sbatch_script("r", {"output_dir": str(out), "task_name": "SST2"},
-                                          slurm.SlurmOptions(partition="p", gpus=2), ROOT))
+                                          slurm.SlurmOptions(partition="p", gpus=2, python=str(bin_ / "python"),
+                                                             setup=f"echo setup > {tmp_path / 'setup_ran'}"), ROOT))
     env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node1",
                SLURM_NNODES="1", FAKE_MODE=mode)
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
@@ -367,6 +390,7 @@ def test_sbatch_script_requeues_after_preemption(tmp_path, mode, rc, requeued):
     assert "--nproc_per_node" in call["args"]
     assert ("requeue 4242" in calls.read_text()) == requeued, calls.read_text()
     assert not glob.glob(str(out / ".slurm-start-*"))
+    assert (tmp_path / "setup_ran").read_text() == "setup\n"  # the --slurm_setup line ran first
 
 
 @pytest.mark.parametrize("kill_after,save_steps", [(5, 2), (2, 3)])

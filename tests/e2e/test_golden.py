@@ -6,7 +6,8 @@ which the golden commit did not compute), the final record's last evaluation (th
 commit's `final` dev/test: it reported the last evaluation; today's `final` reports the one
 --selection_metric selects and keeps the last as `final.last`), the status, and every line of
 trajectory.jsonl (the header's keys added since, NEW_HEADER_KEYS, are checked to hold the golden
-behaviour's value and left out of the comparison)."""
+behaviour's value and left out of the comparison; the base model's name and fingerprint, BASE_KEYS,
+which the golden code does not write, are checked apart)."""
 import json
 import os
 import shutil
@@ -26,6 +27,9 @@ RUNS = {
 # header keys recorded since the golden commit -> the value the golden behaviour has: fp32 runs
 # perturb and update in place, what --numerics calls "reference" (the default in fp32)
 NEW_HEADER_KEYS = {"numerics": "reference"}
+# the trajectory header names the base model and fingerprints its weights since issue 14 (replay
+# refuses another base): keys the golden code does not write, compared apart; the rest is compared as is
+BASE_KEYS = ("base_model", "base_fingerprint")
 COMMON = ["--max_steps", "6", "--eval_steps", "3", "--batch_size", "8", "--num_train", "64", "--num_dev", "16",
           "--num_eval", "32", "--learning_rate", "1e-2"]
 
@@ -64,7 +68,8 @@ def _run(tree: str, model: str, out, extra):
     for key, value in NEW_HEADER_KEYS.items():
         if key in header:
             assert header.pop(key) == value, key
-    return {k: m.get(k) for k in ("status", "steps", "evals", "zero_shot", "final")}, header, lines
+    recorded = {k: header.pop(k, None) for k in BASE_KEYS}
+    return {k: m.get(k) for k in ("status", "steps", "evals", "zero_shot", "final")}, header, lines, recorded
 
 
 def _as_golden(rec: dict) -> dict:
@@ -83,4 +88,5 @@ def test_current_code_reproduces_the_golden_run(golden_tree, tiny, tmp_path, nam
     assert all(isinstance(e["dev_loss"], float) for e in got[0]["evals"])  # recorded today, not by the golden code
     golden_final = want[0]["final"]
     assert _as_golden(got[0]) == {**want[0], "final": {"dev": golden_final["dev"], "test": golden_final["test"]}}
-    assert got[1:] == want[1:]  # the trajectory: header (less NEW_HEADER_KEYS) and every step line
+    assert got[1:3] == want[1:3]  # the trajectory: header (less NEW_HEADER_KEYS, BASE_KEYS) and every step line
+    assert got[3]["base_model"] == tiny and len(got[3]["base_fingerprint"]) == 16

@@ -75,12 +75,20 @@ def test_grid_script_dry_run_lists_runs_and_count():
     assert "opt-SST2-mezo_lora-lr1e-4_eps1e-2_seed0" in out.stdout
 
 
-def test_local_runner_skips_completed(tmp_path):
+def test_local_runner_skips_completed_and_refuses_other_settings(tmp_path):
+    """A completed run of the grid's settings is skipped; a folder holding a run of other settings (or
+    one whose settings cannot be read) is refused before anything runs, never counted as completed."""
+    from mezo.errors import BadInput
     from mezo.experiments import runner
-    args = {"output_dir": str(tmp_path / "done")}
+    args = {"output_dir": str(tmp_path / "done"), "learning_rate": "1e-7", "task_name": "SST2"}
     os.makedirs(args["output_dir"])
     (tmp_path / "done" / "training_metrics.json").write_text(json.dumps({"status": "completed"}))
+    with pytest.raises(BadInput, match="run_config.json cannot be read"):
+        runner.run_all([("done", args)], log=lambda *_: None)
+    (tmp_path / "done" / "run_config.json").write_text(json.dumps({"learning_rate": 1e-7, "task_name": "SST2"}))
     assert runner.run_all([("done", args)], log=lambda *_: None) == {"completed": 0, "skipped": 1, "failed": 0}
+    with pytest.raises(BadInput, match=r"done: holds a run with --learning_rate 1e-07, the grid's run other has 1e-06"):
+        runner.run_all([("other", {**args, "learning_rate": "1e-6"})], log=lambda *_: None)
 
 
 # ---------------------------------------------------------------- SLURM
@@ -102,7 +110,7 @@ def test_sbatch_scripts_are_valid_bash_with_resources(tmp_path):
                  "#SBATCH --time=12:00:00", "#SBATCH --account=proj", "#SBATCH --requeue",
                  "#SBATCH --signal=USR1@120", "--rdzv_backend c10d", "--nproc_per_node 4", "srun "]:
         assert line in text, line
-    assert "torchrun" in text and SCRIPT in text
+    assert f"{shlex.quote(sys.executable)} -m torch.distributed.run" in text and SCRIPT in text
     assert "scontrol requeue" in text and "--resume_from_checkpoint auto" in text  # preemption: requeue, resume
     assert str(out / "opt" / "SST2" / "mezo_lora" / "lr1e-4_eps1e-2_seed0") in text
     submit = (sdir / "submit_all.sh").read_text()
@@ -143,8 +151,9 @@ def test_launcher_dry_run_override_and_torchrun():
     assert rc == 0, err
     cmd = shlex.split(out.strip().splitlines()[-1])
     # the entry point reads the preset; the overrides follow it, so they win
-    assert cmd == ["torchrun", "--nproc_per_node", "2", SCRIPT, "--config", "configs/opt13b_sst2_mezo_lora.yaml",
-                   "--learning_rate", "1e-4", "--max_steps", "10"]
+    # torchrun is this interpreter's (python -m torch.distributed.run), not the first on PATH
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, "--config",
+                   "configs/opt13b_sst2_mezo_lora.yaml", "--learning_rate", "1e-4", "--max_steps", "10"]
     rc, out, _ = _launch("--config", "quick_test", "--dry_run")
     assert shlex.split(out.strip())[1:] == [SCRIPT, "--config", "configs/quick_test.yaml"]
     rc, listing, _ = _launch("--list")
@@ -153,11 +162,14 @@ def test_launcher_dry_run_override_and_torchrun():
 
 def test_launcher_driver_preset_gets_its_flags():
     rc, out, err = _launch("--config", "roberta_grid_search", "--dry_run", "--nproc", "2",
-                           "--override", "create_slurm=true")
+                           "--override", "create_slurm=true", "--override", "slurm_partition=gpu")
     assert rc == 0, err
     assert shlex.split(out.strip())[1:] == ["run_mezo_paper_experiments.py", "--model_family", "roberta",
                                             "--grid_search", "--output_dir", "outputs/roberta_grid_search",
-                                            "--create_slurm", "--nproc", "2"]
+                                            "--create_slurm", "--slurm_partition", "gpu", "--nproc", "2"]
+    # the driver's own checks run before the command is printed
+    rc, out, err = _launch("--config", "roberta_grid_search", "--dry_run", "--override", "create_slurm=true")
+    assert rc == 2 and out == "" and err.strip() == "launch_experiment.py: error: --create_slurm needs --slurm_partition"
 
 
 def test_launcher_errors_are_one_line():
@@ -200,7 +212,7 @@ def test_argv_with_config_puts_the_preset_first_and_flags_win(parser, tmp_path):
 @pytest.mark.parametrize("name, text, needle", [
     ("typo", "args:\n  lerning_rate: 1e-4\n", "typo.yaml: unknown flag 'lerning_rate' in args (valid: learning_rate"),
     ("nothing_close", "args:\n  zzqqx: 1\n", "nothing_close.yaml: unknown flag 'zzqqx' in args (see "),
-    ("syntax", "args:\n  seed: [1, 2\n  lr: 3\n", "syntax.yaml: invalid YAML at line 3: expected ',' or ']'"),
+    ("syntax", "args:\n  seed: [1, 2\n  lr: 3\n", "syntax.yaml:3: invalid YAML: expected ',' or ']'"),
     ("field", "arg:\n  seed: 1\n", "field.yaml: unknown field 'arg' (valid: description, source, script, nproc"),
     ("notmap", "- 1\n", "notmap.yaml: a preset is a mapping of"),
     ("nested", "args:\n  seed: {a: 1}\n", "nested.yaml: args: seed must be"),
@@ -230,6 +242,20 @@ def test_argv_with_config_bad_command_lines(parser, tmp_path):
     child = _preset(tmp_path, "good_child", "extends: bad_base\nargs:\n  seed: 1\n")
     with pytest.raises(ValueError, match="bad_base.yaml: unknown flag 'lerning_rate'"):
         presets.argv_with_config(["--config", child], parser)
+
+
+def test_preset_variants_get_their_own_output_dir(parser):
+    """Flags after a preset that change the run name its folder; an --output_dir given is kept, and
+    flags that only say where or how it is written or resumed (SLURM's --resume_from_checkpoint
+    auto) keep the folder, so a requeued job finds its checkpoints."""
+    def out(*argv):
+        return parser.parse_args(presets.argv_with_config(["--config", "quick_test", *argv], parser)).output_dir
+    assert out() == "outputs/quick_test"
+    assert out("--learning_rate", "3e-4", "--seed=1") == "outputs/quick_test__learning_rate-3e-4__seed-1"
+    assert out("--use_lora", "--model_name", "/m/opt-tiny/") == "outputs/quick_test__use_lora__model_name-opt-tiny"
+    assert out("--seed", "1", "--resume_from_checkpoint", "auto", "--save_steps", "5") == "outputs/quick_test__seed-1"
+    assert out("--seed", "1", "--output_dir", "mine") == "mine"
+    assert len(os.path.basename(out("--text_column", "x" * 300))) < 130
 
 
 def test_presets_module_imports_neither_torch_nor_the_config():

@@ -137,6 +137,7 @@ def test_auto_resume_plan_keeps_the_flags_as_given(tmp_path):
     the user's (None) and the plan says what happens."""
     cfg = _cfg(tmp_path, "--max_steps", "5")
     path = os.path.join(cfg.output.dir, T.FILENAME)
+    os.makedirs(cfg.output.dir)  # resolving the flags creates nothing
     w = T.Writer(path, header=T.header(cfg.settings(), 1))
     w.write(1, [1], [0.5], 1e-5, 1e-3, 0.0)
     w.close()
@@ -183,3 +184,25 @@ def test_num_dev_num_eval_defaults_help_and_readme_agree(tmp_path):
     assert "1000 train, 500 dev from train (100 for CB and Copa), test = up to 1000 from validation" in readme
     assert "on the bundled SST-2 sample (the offline default run) 100 dev and 200 test" in readme
     assert "It samples 1000 train / 100 dev / 200 test examples" in readme  # "The default run"
+
+
+def test_a_folder_holding_a_run_is_refused_unless_continued_or_replaced(tmp_path):
+    out = tmp_path / "out"
+    _cfg(tmp_path)  # a new folder: fine, and nothing is created
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("x")
+    _cfg(tmp_path)  # a folder without a run: fine
+    (out / "training_metrics.json").write_text("{}")
+    with pytest.raises(BadInput, match=r"--output_dir .*out holds a run \(training_metrics.json\): pass "
+                                        r"--overwrite_output_dir .* or --resume_from_checkpoint auto"):
+        _cfg(tmp_path)
+    assert _cfg(tmp_path, "--overwrite_output_dir").output.overwrite
+    assert _cfg(tmp_path, "--resume_from_checkpoint", "auto").checkpoint.plan.fresh
+    with pytest.raises(BadInput, match="--overwrite_output_dir and --resume_from_checkpoint contradict"):
+        _cfg(tmp_path, "--overwrite_output_dir", "--resume_from_checkpoint", "auto")
+    other = tmp_path / "other.jsonl"
+    other.write_text("x")
+    with pytest.raises(BadInput, match="holds another run .* continuing --resume_trajectory .*other.jsonl"):
+        _cfg(tmp_path, "--resume_trajectory", str(other))
+    assert sorted(os.listdir(out)) == ["notes.txt", "training_metrics.json"]

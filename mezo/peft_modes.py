@@ -15,12 +15,13 @@ counterparts): what is trainable, how it is built before FSDP2 sharding, and how
 * Prefix tuning (`--prefix_tuning`): `PrefixLM` wraps the model and owns one trainable key
   and one value tensor per layer ([kv_heads, num_prefix, head_dim], i.e. what the attention
   reads from its KV cache: post-RoPE keys for Llama). Each forward builds a `DynamicCache`
-  pre-filled with the prefixes and prepends num_prefix ones to the attention mask. Causal LMs
-  (Llama-style, OPT, ...): the position ids are shifted by num_prefix, as if the prefix tokens
-  came first. RoBERTa (masked LM, transformers 5.x): the encoder's self-attention also
-  concatenates a passed cache in front of its keys/values and the bidirectional mask covers
-  prefix + input, so the same cache works; the position ids are RoBERTa's own (not shifted:
-  the prefixes have no position, as in the reference's medium-model prefix tuning). The
+  pre-filled with the prefixes and prepends num_prefix ones to the attention mask. The prefixes
+  take no positions: the real tokens are numbered as without them (causal LMs from 0; RoBERTa
+  its own padding_idx + 1, ...), as in the reference (large_models/prefix.py and
+  medium_models/src/prefix.py inject the keys/values inside the attention modules, so the
+  decoder's position embeddings never see them). RoBERTa (masked LM, transformers 5.x): the
+  encoder's self-attention also concatenates a passed cache in front of its keys/values and the
+  bidirectional mask covers prefix + input, so the same cache works. The
   prefixes are parameters of the wrapper, which is the FSDP2 root, so they are all-gathered by
   the root's pre-forward like the embeddings.
   `--prefix_init_by_real_act` (default, the reference's prefix.py) initialises them with the
@@ -158,11 +159,14 @@ class PrefixLM(nn.Module):
                 position_ids = real.cumsum(-1) * real + pad
             return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                               past_key_values=self.prefix_cache(B), **kwargs)
+        # positions as without the prefix (0 for the first real token), as the reference's prefix
+        # (princeton-nlp/MeZO large_models/prefix.py injects the keys/values inside attention, so
+        # the decoder's positions never see them); only the attention mask is extended
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if self._inner_accepts_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids + P,
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                           past_key_values=self.prefix_cache(B), use_cache=True, **kwargs)
 
 

@@ -318,7 +318,7 @@ def generate(model, enc: Encoder, samples: list[Sample], max_new_tokens: int | N
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
         pos = pos[:, -1:] + 1
         full_mask = torch.cat([torch.ones((B, P), dtype=mask.dtype, device=device), mask], 1) if P else mask
-        out = inner(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=pos + P, past_key_values=past,
+        out = inner(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=pos, past_key_values=past,
                     use_cache=True)
         past = out.past_key_values
     toks = torch.stack(gen, 1).tolist() if gen else [[] for _ in samples]
@@ -368,16 +368,13 @@ def loss_terms(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[t
 
 def context_length(model) -> int | None:
     """The longest input the model's position embeddings allow (RoBERTa: minus its padding offset;
-    a causal LM with prefixes: minus the prefix length, by which peft_modes.PrefixLM shifts the
-    positions)."""
+    prefixes take no positions: peft_modes.PrefixLM numbers the real tokens from 0)."""
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "max_position_embeddings", None)
     if n is None:
         return None
     if getattr(cfg, "model_type", None) in ("roberta", "xlm-roberta"):
         n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
-    if getattr(model, "num_prefix", 0) and not getattr(model, "masked_lm", False):
-        n -= model.num_prefix
     return n
 
 

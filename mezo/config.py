@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Mapping
 
-from mezo import distributed as D, errors, hparams, models, resume, telemetry
+from mezo import distributed as D, errors, hparams, models, noise, resume, telemetry
 from mezo.batches import forward_batch_size
 from mezo.experiments import presets
 from mezo.errors import BadInput
@@ -139,6 +139,7 @@ class ZOConfig:
     backend: str
     fused: bool
     non_diff: bool              # the objective is minus the batch's task metric
+    generator: str = noise.DEFAULT_GENERATOR  # z's generator and version (mezo.noise.GENERATORS)
 
     def __post_init__(self):
         _positive(self.eps, "zo_eps")
@@ -247,7 +248,7 @@ class Config:
 
 def settings(m: ModelConfig, d: DataConfig, t: TrainConfig, z: ZOConfig) -> dict:
     return {"model_name": m.name, "gguf_file": m.gguf_file, "dtype": m.dtype, "master_weights": z.master_weights,
-            "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused, "seed": t.seed, "zo_eps": z.eps,
+            "zo_dist": z.dist, "generator": z.generator, "zo_backend": z.backend, "fused": z.fused, "seed": t.seed, "zo_eps": z.eps,
             "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
             "lr_scheduler_type": t.lr_scheduler_type, "max_steps": t.max_steps, "task_name": d.task_name,
             "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--zo_eps", type=float, default=1e-3)
     a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian")
     a("--zo_num_samples", type=int, default=1, help="directions per step (n-SPSA)")
+    a("--zo_generator", choices=list(noise.GENERATORS), default=noise.DEFAULT_GENERATOR,
+      help=f"z's counter-based generator and version (default {noise.DEFAULT_GENERATOR}: one hash per element, "
+           f"polynomial Box-Muller; {noise.LEGACY_GENERATOR}: the generator of runs before it)")
     a("--no_master_weights", action="store_true",
       help="bf16/fp16: perturb and update the low-precision weights in place (the reference)")
     a("--master_weights", action="store_true", help="keep an fp32 master copy also in fp32 (exact restore)")
@@ -521,7 +525,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
                         ns.eval_batch_size, ns.no_initial_eval, ns.num_demos)
     zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples,
                   ns.master_weights if ns.dtype == "fp32" else not ns.no_master_weights,
-                  ns.zo_backend, not ns.no_fuse, ns.non_diff)
+                  ns.zo_backend, not ns.no_fuse, ns.non_diff, generator=ns.zo_generator)
     peft = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
     ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig)})
     probe = ProbeConfig(ns.lp_C, ns.lp_max_iter)

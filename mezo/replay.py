@@ -6,7 +6,8 @@
 The result (save_pretrained, safetensors) is bit-identical to what training saved with
 --save_model, on any number of training ranks: replay runs the same ZOEngine sweeps with the
 same floating-point operations (see mezo.trajectory.replay). Settings (dtype, master weights,
-distribution, kernel backend) come from the trajectory header; overriding --dtype replays
+distribution, z generator, kernel backend) come from the trajectory header (a header without a
+generator was written before generators were versioned: lowbias32-v1); overriding --dtype replays
 with other rounding, so the result is then no longer bit-identical.
 Exit codes: 0 done, 2 bad input (one line naming the flag / file).
 """
@@ -65,6 +66,11 @@ def main(argv=None) -> int:
         check_writable("--output", os.path.dirname(os.path.abspath(a.output)) or ".")
     except errors.BadInput as e:
         _fail(str(e))
+    generator = T.generator_of(header)
+    from mezo import noise
+    if generator not in noise.GENERATORS:
+        _fail(f"--trajectory {a.trajectory}: written with z generator {generator!r}, which this version does not "
+              f"have (it has {', '.join(noise.GENERATORS)})")
     dtype = a.dtype or header["dtype"]
     if dtype != header["dtype"]:
         print(f"{PROG}: warning: training ran in {header['dtype']}, replaying in {dtype}: not bit-identical",
@@ -77,7 +83,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     model, tok = models.load(a.base, a.gguf_file, dtype, torch.device("cpu"))
     engine = ZOEngine.from_model(model, dist=header["zo_dist"], backend=a.zo_backend or header.get("zo_backend", "eager"),
-                                 fused=header.get("fused", True), master_weights=header["master_weights"])
+                                 fused=header.get("fused", True), master_weights=header["master_weights"],
+                                 generator=generator)
     T.replay(engine, entries)
     models.save_full(model, tok, a.output, True)
     print(f"replayed {len(entries)} steps ({sum(e.skipped for e in entries)} skipped) onto {a.base} in "

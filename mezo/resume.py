@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mezo import checkpoint, distributed as D, trajectory as T
+from mezo import checkpoint, distributed as D, noise, trajectory as T
 from mezo.errors import BadInput
 from mezo.telemetry import log
 
@@ -26,8 +26,10 @@ from mezo.telemetry import log
 # linear schedule, max_steps too
 MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "batch_size",
               "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate", "lr_scheduler_type",
-              "weight_decay")
-FLAG_OF = {"master_weights": "--master_weights/--no_master_weights"}
+              "weight_decay", "generator")
+FLAG_OF = {"master_weights": "--master_weights/--no_master_weights", "generator": "--zo_generator"}
+# a MUST_MATCH setting that files written before it existed lack, and the value they were written with
+IMPLIED_WHEN_ABSENT = {"generator": noise.LEGACY_GENERATOR}
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def check_compatible(what: str, saved: dict, settings: dict) -> None:
         raise BadInput(f"{what}: written for model {saved.get('model_name')!r}{gguf}, "
                        f"not --model_name {settings['model_name']!r}")
     for k in must_match(settings):
-        theirs = saved.get(k, saved.get("use_master")) if k == "master_weights" else saved.get(k)
+        theirs = saved.get(k, saved.get("use_master")) if k == "master_weights" else saved.get(k, IMPLIED_WHEN_ABSENT.get(k))
         if theirs is None and k not in saved:
             continue
         mine = settings[k]

@@ -125,7 +125,7 @@ def train(run: Run) -> dict:
     if not start:
         run.zero_shot()
     engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused,
-                                 master_weights=zo.master_weights)
+                                 master_weights=zo.master_weights, generator=zo.generator)
     log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, master weights %s)",
              len(engine.slots), zo.dist, engine.backend, "fused" if engine.fused else "plain", engine.master_weights)
     resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine)  # master shards, replay

@@ -2,7 +2,11 @@
 the code as it stood before the redesign (GOLDEN_COMMIT, taken from this repository's history
 and run on this machine in the same environment, so the comparison is exact on any CPU).
 Compared: every step record (all but its wall time), every evaluation, the final record, the
-status, and every line of trajectory.jsonl."""
+status, and every line of trajectory.jsonl.
+
+Behaviour that changed on purpose is selected back with flags on the current code only (the golden
+code does not know them): CURRENT_FLAGS. The trajectory header gained keys the golden code did not
+write (NEW_HEADER_KEYS, each checked to name that old behaviour); the rest must be identical."""
 import json
 import os
 import shutil
@@ -10,6 +14,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from helpers import ROOT, build_model
 
@@ -19,6 +25,9 @@ RUNS = {
     "lora_nspsa_accum_linear_wd": ["--use_lora", "--zo_num_samples", "2", "--gradient_accumulation_steps", "2",
                                    "--lr_scheduler_type", "linear", "--weight_decay", "0.1", "--zo_backend", "eager"],
 }
+# z's generator became versioned with a faster default (issue 15); the golden runs used lowbias32-v1
+CURRENT_FLAGS = ["--zo_generator", "lowbias32-v1"]
+NEW_HEADER_KEYS = {"generator": "lowbias32-v1"}
 COMMON = ["--max_steps", "6", "--eval_steps", "3", "--batch_size", "8", "--num_train", "64", "--num_dev", "16",
           "--num_eval", "32", "--learning_rate", "1e-2"]
 
@@ -52,13 +61,29 @@ def _run(tree: str, model: str, out, extra):
     m = json.load(open(out / "training_metrics.json"))
     for s in m["steps"]:
         s.pop("step_time_s")
-    return {k: m.get(k) for k in ("status", "steps", "evals", "zero_shot", "final")}, \
-        (out / "trajectory.jsonl").read_text()
+    lines = (out / "trajectory.jsonl").read_text().splitlines()
+    return {k: m.get(k) for k in ("status", "steps", "evals", "zero_shot", "final")}, json.loads(lines[0]), lines[1:]
 
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_current_code_reproduces_the_golden_run(golden_tree, tiny, tmp_path, name):
     want = _run(str(golden_tree), tiny, tmp_path / "golden", RUNS[name])
-    got = _run(ROOT, tiny, tmp_path / "current", RUNS[name])
+    got = _run(ROOT, tiny, tmp_path / "current", RUNS[name] + CURRENT_FLAGS)
     assert len(want[0]["steps"]) == 6 and want[0]["status"] == "completed"
+    for k, v in NEW_HEADER_KEYS.items():
+        assert k not in want[1] and got[1].pop(k) == v
     assert got == want
+
+
+def test_trajectory_from_before_versioning_replays_bit_exactly(golden_tree, tiny, tmp_path):
+    """A trajectory without a "generator" key (written by the golden code) is replayed by today's
+    mezo.replay with lowbias32-v1, to the golden run's saved weights bit for bit."""
+    _run(str(golden_tree), tiny, tmp_path / "golden", ["--save_model", "--zo_backend", "eager"])
+    traj = tmp_path / "golden" / "trajectory.jsonl"
+    assert "generator" not in json.loads(traj.read_text().splitlines()[0])
+    r = subprocess.run([sys.executable, "-m", "mezo.replay", "--base", tiny, "--trajectory", str(traj),
+                        "--output", str(tmp_path / "replayed")], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    want, got = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "golden" / "model", tmp_path / "replayed"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -1,4 +1,5 @@
-"""mezo/noise.py: the generators of z and their versions. Statistical bounds are in standard deviations of the estimate under
+"""mezo/noise.py: the generators of z, their versions, and what records them (settings, resume
+check, trajectory header). Statistical bounds are in standard deviations of the estimate under
 the ideal distribution, for a fixed seed (a check of the generator, not a coin toss)."""
 import hashlib
 import math
@@ -6,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mezo import noise
+from mezo import noise, resume, trajectory as T
+from mezo.errors import BadInput
 from mezo.zo import ZOEngine
 
 V1, V2 = "lowbias32-v1", "lowbias32-poly-v2"
@@ -142,3 +144,26 @@ def test_engine_perturbs_with_its_generator(generator):
     assert torch.equal(m.weight.detach().flatten(), noise.generate(9, "weight", 0, 600, generator=generator))
     other = V1 if generator == V2 else V2
     assert not torch.equal(m.weight.detach().flatten(), noise.generate(9, "weight", 0, 600, generator=other))
+
+
+def test_generator_is_a_setting_that_resume_checks():
+    s = {"model_name": "m", "gguf_file": None, **{k: 0 for k in resume.MUST_MATCH}, "lr_scheduler_type": "constant",
+         "generator": V2}
+    resume.check_compatible("ckpt", dict(s), s)
+    with pytest.raises(BadInput, match=f"written with --zo_generator '{V1}', this run has '{V2}'"):
+        resume.check_compatible("ckpt", {**s, "generator": V1}, s)
+    before = {k: v for k, v in s.items() if k != "generator"}  # a manifest or header from before versioning
+    with pytest.raises(BadInput, match=f"--zo_generator '{V1}'"):
+        resume.check_compatible("ckpt", before, s)
+    resume.check_compatible("ckpt", before, {**s, "generator": V1})
+    assert T.generator_of(before) == V1 and T.generator_of(s) == V2
+
+
+def test_flag_lands_in_settings_and_header(tmp_path):
+    from mezo import config
+    parse = lambda *f: config.resolve(config.build_parser().parse_args(["--output_dir", str(tmp_path / "o"), *f]))  # noqa: E731
+    assert parse().settings()["generator"] == V2
+    cfg = parse("--zo_generator", V1)
+    assert cfg.zo.generator == V1 and T.header(cfg.settings(), 1)["generator"] == V1
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        parse("--zo_generator", "philox")

@@ -248,8 +248,8 @@ class Config:
 
 def settings(m: ModelConfig, d: DataConfig, t: TrainConfig, z: ZOConfig) -> dict:
     return {"model_name": m.name, "gguf_file": m.gguf_file, "dtype": m.dtype, "master_weights": z.master_weights,
-            "zo_dist": z.dist, "generator": z.generator, "zo_backend": z.backend, "fused": z.fused, "seed": t.seed, "zo_eps": z.eps,
-            "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
+            "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused, "seed": t.seed, "zo_eps": z.eps,
+            "generator": z.generator, "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
             "lr_scheduler_type": t.lr_scheduler_type, "max_steps": t.max_steps, "task_name": d.task_name,
             "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
             "num_train": d.num_train, "train_set_seed": d.train_set_seed}

@@ -18,6 +18,11 @@ in one process, median of the rounds.
                      stacked (inductor materialises the radius and the stacked z: extra passes)
 
     python bench/bench_noise_routes.py [--rounds 7]
+    python bench/bench_noise_routes.py --serial      # the hash's serial test (no timing)
+
+--serial: why v2 keeps two hash rounds. For 2**23 consecutive indices, the pairs of consecutive
+top-6-bit values of the word (64 x 64 cells) against uniform: chi2 / dof (sd 0.022 for an ideal
+generator), for two rounds, one round with a random odd multiplier, one round over a plain counter.
 """
 from __future__ import annotations
 
@@ -107,10 +112,29 @@ ROUTES = {
 }
 
 
+def serial_test(n: int = 1 << 23) -> None:
+    idx = torch.arange(n, dtype=torch.int32)
+    words = {"two rounds (v1, v2)": lambda k: _word(idx, k),
+             "one round, random odd multiplier": lambda k: mix(idx * (k[0] | 1) + k[1]),
+             "one round over a counter": lambda k: mix(idx + k[1])}
+    print("| word | seed | chi2/dof of consecutive top-6-bit pairs |")
+    print("|---|---:|---:|")
+    for name, word in words.items():
+        for seed in (0, 1):
+            top = (word(torch.tensor(noise.keys(seed, "w"), dtype=torch.int32)).numpy().view("uint32") >> 26).astype("int64")
+            counts = torch.bincount(torch.from_numpy(top[:-1] * 64 + top[1:]), minlength=4096).double()
+            expect = (n - 1) / 4096
+            print(f"| {name} | {seed} | {((counts - expect) ** 2 / expect).sum().item() / 4095:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--serial", action="store_true", help="run the hash's serial test instead of timing")
     args = ap.parse_args()
+    if args.serial:
+        serial_test()
+        return
     torch.set_num_threads(1)
     from torch._inductor import config as inductor_config
     inductor_config.emulate_precision_casts = True

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Mapping
 
-from mezo import distributed as D, errors, hparams, models, resume, selection, telemetry
+from mezo import distributed as D, errors, hparams, models, noise, resume, selection, telemetry
 from mezo.batches import forward_batch_size
 from mezo.experiments import presets
 from mezo.errors import BadInput
@@ -149,6 +149,7 @@ class ZOConfig:
     backend: str
     fused: bool
     non_diff: bool              # the objective is minus the batch's task metric
+    generator: str = noise.DEFAULT_GENERATOR  # z's generator and version (mezo.noise.GENERATORS)
 
     def __post_init__(self):
         _positive(self.eps, "zo_eps")
@@ -270,7 +271,7 @@ def settings(m: ModelConfig, d: DataConfig, t: TrainConfig, z: ZOConfig) -> dict
     mlm = {"tie_emb": m.tie_emb} if m.task_family == "mlm" else {}
     return {"model_name": m.name, "gguf_file": m.gguf_file, "dtype": m.dtype, "master_weights": z.master_weights,
             "numerics": z.numerics, **mlm, "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused,
-            "seed": t.seed, "zo_eps": z.eps,
+            "seed": t.seed, "zo_eps": z.eps, "generator": z.generator,
             "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
             "lr_scheduler_type": t.lr_scheduler_type, "max_steps": t.max_steps, "task_name": d.task_name,
             "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
            "under --paper_hparams (so the paper presets) and in fp32, master in bf16/fp16")
     a("--no_master_weights", action="store_true", help="alias of --numerics reference")
     a("--master_weights", action="store_true", help="alias of --numerics master")
+    a("--zo_generator", choices=list(noise.GENERATORS), default=noise.DEFAULT_GENERATOR,
+      help=f"z's counter-based generator and version (default {noise.DEFAULT_GENERATOR}: one hash per element, "
+           f"polynomial Box-Muller; {noise.LEGACY_GENERATOR}: the generator of runs before it)")
     a("--zo_backend", choices=["auto", "compile", "eager", "triton"], default="auto",
       help="sweep kernel: torch.compile'd fused kernel, or plain PyTorch ops")
     a("--no_fuse", action="store_true", help="run the plain 4-sweep schedule (for checking)")
@@ -679,7 +683,8 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
                         ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
                         ns.eval_batch_size, ns.no_initial_eval, ns.num_demos, ns.selection_metric)
     ns.numerics = numerics
-    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples, numerics, ns.zo_backend, not ns.no_fuse, ns.non_diff)
+    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples, numerics, ns.zo_backend, not ns.no_fuse, ns.non_diff,
+                  generator=ns.zo_generator)
     peft = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
     ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig) if f.name != "amp"},
                   amp=trainer == "ft" and ns.dtype == "fp16")

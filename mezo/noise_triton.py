@@ -13,14 +13,19 @@ rnd() rounds to x's dtype (when `rounding`). Floating-point contraction is disab
 every add and multiply is rounded separately, as in eager PyTorch. fp32 -> bf16 casts are
 done with integer round-to-nearest-even (as torch does; Triton's interpreter truncates).
 
-Rademacher z is bit-exact vs mezo/noise.py; Gaussian z differs only by the log/cos
-implementation (libdevice on GPU, numpy in TRITON_INTERPRET=1 mode), ~1e-7.
+Generators (mezo/noise.py GENERATORS) are @triton.jit functions `_z_<generator>` and
+`_bits_<generator>`, selected by the constexpr GEN. Rademacher z and the random bits are
+bit-exact vs mezo/noise.py in every version; Gaussian z of lowbias32-poly-v2 too (float32
+polynomials with separately rounded operations and sqrt_rn); Gaussian z of lowbias32-v1 differs
+only by the log/cos implementation (libdevice on GPU, numpy in TRITON_INTERPRET=1 mode), ~1e-7.
 """
 from __future__ import annotations
 
 import os
 
 import torch
+
+from mezo import noise
 
 try:
     import triton
@@ -31,6 +36,8 @@ except Exception:  # pragma: no cover - no triton
     HAVE_TRITON = False
 
 BLOCK = 1024
+GEN_ID = {"lowbias32-v1": 1, "lowbias32-poly-v2": 2}  # the constexpr GEN of the kernels
+assert set(GEN_ID) == set(noise.GENERATORS)
 
 
 def available() -> bool:
@@ -56,8 +63,13 @@ if HAVE_TRITON:
         return ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
 
     @triton.jit
-    def _z(idx, k_ptr, GAUSS: tl.constexpr, LIBDEVICE: tl.constexpr):
-        h1 = _mix(_mix(idx ^ _key(k_ptr, 0)) ^ _key(k_ptr, 1))
+    def _word(idx, k_ptr):
+        """The 32-bit word of every generator (mezo.noise._word), as uint32."""
+        return _mix(_mix(idx ^ _key(k_ptr, 0)) ^ _key(k_ptr, 1))
+
+    @triton.jit
+    def _z_lowbias32_v1(idx, k_ptr, GAUSS: tl.constexpr, LIBDEVICE: tl.constexpr):
+        h1 = _word(idx, k_ptr)
         if GAUSS:
             h2 = _mix(_mix(idx ^ _key(k_ptr, 2)) ^ _key(k_ptr, 3))
             t = 6.283185307179586 * _uniform(h2)
@@ -70,6 +82,57 @@ if HAVE_TRITON:
         else:
             z = 1.0 - 2.0 * (h1 >> 31).to(tl.float32)
         return z
+
+    @triton.jit
+    def _z_lowbias32_poly_v2(idx, k_ptr, GAUSS: tl.constexpr):
+        """mezo.noise._gaussian_v2 operation for operation (the kernels run with fp fusion off)."""
+        h = _word(idx, k_ptr)
+        if GAUSS:
+            v = (((h >> 11) & 0x1FFFFE) | 1).to(tl.float32)
+            b = v.to(tl.int32, bitcast=True)
+            e = (b - 0x3F3504F3) >> 23
+            x = (b - (e << 23)).to(tl.float32, bitcast=True) - 1.0
+            x2 = x * x
+            x4 = x2 * x2
+            q = ((x * 1.000014066696167 + -2.0) + x2 * (x * 0.49913546442985535 + -0.6666945219039917)) + \
+                x4 * ((x * 0.34778186678886414 + -0.39805907011032104) + x2 * (x * 0.19462929666042328 + -0.324788898229599))
+            r = tl.sqrt_rn(x * q + (e - 21).to(tl.float32) * -1.3862943649291992)
+            hs = h.to(tl.int32, bitcast=True)
+            t = (((hs << 20) >> 19) | 1).to(tl.float32)
+            y = t * t
+            y2 = y * y
+            s = (y * -9.400005079873708e-12 + 0.0003834951785393059) + \
+                y2 * ((y * -2.4156508365624043e-28 + 6.91189599533381e-20) + y2 * 4.651693433403073e-37)
+            z = r * (t * s)
+        else:
+            z = 1.0 - 2.0 * (h >> 31).to(tl.float32)
+        return z
+
+    @triton.jit
+    def _bits_lowbias32(idx, k_ptr):
+        """mezo.noise.bits_range of both versions: the word, as int32."""
+        return _word(idx, k_ptr).to(tl.int32, bitcast=True)
+
+    @triton.jit
+    def _z(idx, k_ptr, GAUSS: tl.constexpr, LIBDEVICE: tl.constexpr, GEN: tl.constexpr):
+        if GEN == 2:
+            z = _z_lowbias32_poly_v2(idx, k_ptr, GAUSS)
+        else:
+            z = _z_lowbias32_v1(idx, k_ptr, GAUSS, LIBDEVICE)
+        return z
+
+    @triton.jit
+    def _z_range_kernel(out_ptr, n, start_ptr, k_ptr, GAUSS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                        GEN: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        idx = (offs + tl.load(start_ptr)).to(tl.uint32)
+        tl.store(out_ptr + offs, _z(idx, k_ptr, GAUSS, LIBDEVICE, GEN), mask=offs < n)
+
+    @triton.jit
+    def _bits_range_kernel(out_ptr, n, start_ptr, k_ptr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        idx = (offs + tl.load(start_ptr)).to(tl.uint32)
+        tl.store(out_ptr + offs, _bits_lowbias32(idx, k_ptr), mask=offs < n)
 
     @triton.jit
     def _cast(v, dt: tl.constexpr):
@@ -85,25 +148,26 @@ if HAVE_TRITON:
     @triton.jit
     def _sweep(x_ptr, out_ptr, n, start_ptr, kr_ptr, ar_ptr, ku_ptr, cu_ptr, lr_ptr, wd_ptr, kp_ptr, bp_ptr,
                GAUSS: tl.constexpr, ROUND: tl.constexpr, RESTORE: tl.constexpr, N_UPDATE: tl.constexpr,
-               PERTURB: tl.constexpr, WRITE_OUT: tl.constexpr, MOVED: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
+               PERTURB: tl.constexpr, WRITE_OUT: tl.constexpr, MOVED: tl.constexpr, LIBDEVICE: tl.constexpr,
+               GEN: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         idx = (offs + tl.load(start_ptr)).to(tl.uint32)  # global element index (< 2**31)
         xdt: tl.constexpr = x_ptr.dtype.element_ty
         v = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
         if RESTORE:
-            v = v + tl.load(ar_ptr) * _z(idx, kr_ptr, GAUSS, LIBDEVICE)
+            v = v + tl.load(ar_ptr) * _z(idx, kr_ptr, GAUSS, LIBDEVICE, GEN)
             if ROUND:
                 v = _cast(v, xdt).to(tl.float32)
         if N_UPDATE > 0:
-            s = tl.load(cu_ptr) * _z(idx, ku_ptr, GAUSS, LIBDEVICE)
+            s = tl.load(cu_ptr) * _z(idx, ku_ptr, GAUSS, LIBDEVICE, GEN)
             for j in tl.static_range(1, N_UPDATE):
-                s = s + tl.load(cu_ptr + j) * _z(idx, ku_ptr + 4 * j, GAUSS, LIBDEVICE)
+                s = s + tl.load(cu_ptr + j) * _z(idx, ku_ptr + 4 * j, GAUSS, LIBDEVICE, GEN)
             v = v - tl.load(lr_ptr) * (s + tl.load(wd_ptr) * v)
             if ROUND:
                 v = _cast(v, xdt).to(tl.float32)
         if PERTURB:
-            p = v + tl.load(bp_ptr) * _z(idx, kp_ptr, GAUSS, LIBDEVICE)
+            p = v + tl.load(bp_ptr) * _z(idx, kp_ptr, GAUSS, LIBDEVICE, GEN)
         else:
             p = v
         if WRITE_OUT:
@@ -122,8 +186,9 @@ def _vec(v, dtype, device) -> torch.Tensor:
 
 
 def triton_sweep(x, out, start, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, rounding,
-                 restore: bool, n_update: int, perturb: bool, write_out: bool, share_z: bool = False):
-    """Drop-in for `zo._sweep_kernel` (same arguments; scalars may be Python numbers or
+                 restore: bool, n_update: int, perturb: bool, write_out: bool, share_z: bool = False,
+                 generator: str = noise.DEFAULT_GENERATOR):
+    """Drop-in for `zo._sweep_kernel` (same arguments, generator included; scalars may be Python numbers or
     0-d tensors, keys tuples of 4 int32 or int32 tensors, ku shaped (n_update, 4)). share_z is
     accepted for the same signature; this kernel regenerates z (cheap next to memory traffic on a GPU)."""
     n = x.numel()
@@ -139,7 +204,27 @@ def triton_sweep(x, out, start, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, roundin
         GAUSS=dist == "gaussian", ROUND=bool(rounding), RESTORE=bool(restore), N_UPDATE=int(n_update),
         PERTURB=bool(perturb), WRITE_OUT=bool(write_out),
         MOVED=bool(restore or n_update), LIBDEVICE=dev.type == "cuda" and not _interpret(),
-        BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
+        GEN=GEN_ID[generator], BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
+
+
+def triton_z_range(start, n: int, k, dist: str, generator: str = noise.DEFAULT_GENERATOR) -> torch.Tensor:
+    """mezo.noise.z_range with this file's generator functions (k: 4 int32 keys, on the device)."""
+    k = _vec(k, torch.int32, k.device if isinstance(k, torch.Tensor) else "cpu")
+    out = torch.empty(n, dtype=torch.float32, device=k.device)
+    _z_range_kernel[(triton.cdiv(n, BLOCK),)](
+        out, n, _vec(start, torch.int32, k.device), k, GAUSS=dist == "gaussian",
+        LIBDEVICE=k.device.type == "cuda" and not _interpret(), GEN=GEN_ID[generator], BLOCK=BLOCK,
+        enable_fp_fusion=False)
+    return out
+
+
+def triton_bits_range(start, n: int, k, generator: str = noise.DEFAULT_GENERATOR) -> torch.Tensor:
+    """mezo.noise.bits_range with this file's generator functions (int32 random bits)."""
+    noise.check_generator(generator)
+    k = _vec(k, torch.int32, k.device if isinstance(k, torch.Tensor) else "cpu")
+    out = torch.empty(n, dtype=torch.int32, device=k.device)
+    _bits_range_kernel[(triton.cdiv(n, BLOCK),)](out, n, _vec(start, torch.int32, k.device), k, BLOCK=BLOCK)
+    return out
 
 
 def _interpret() -> bool:

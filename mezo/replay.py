@@ -6,7 +6,8 @@
 The result (save_pretrained, safetensors) is bit-identical to what training saved with
 --save_model, on any number of training ranks: replay runs the same ZOEngine sweeps with the
 same floating-point operations (see mezo.trajectory.replay). Settings (dtype, master weights,
-distribution, kernel backend) come from the trajectory header; overriding --dtype replays
+distribution, z generator, kernel backend) come from the trajectory header (a header without a
+generator was written before generators were versioned: lowbias32-v1); overriding --dtype replays
 with other rounding, so the result is then no longer bit-identical.
 The trajectory's header names the base it was trained from and fingerprints its weights
 (mezo.models.fingerprint); another --base is refused (--force replays onto it anyway). A
@@ -76,6 +77,11 @@ def main(argv=None) -> int:
     if os.path.isdir(a.output) and os.listdir(a.output) and not a.overwrite_output:
         _fail(f"--output {a.output}: not empty ({len(os.listdir(a.output))} entries); pass --overwrite_output to "
               f"replace it, or another --output")
+    generator = T.generator_of(header)
+    from mezo import noise
+    if generator not in noise.GENERATORS:
+        _fail(f"--trajectory {a.trajectory}: written with z generator {generator!r}, which this version does not "
+              f"have (it has {', '.join(noise.GENERATORS)})")
     dtype = a.dtype or header["dtype"]
     if dtype != header["dtype"]:
         print(f"{PROG}: warning: training ran in {header['dtype']}, replaying in {dtype}: not bit-identical",
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
     engine = ZOEngine.from_model(model, dist=header["zo_dist"], backend=a.zo_backend or header.get("zo_backend", "eager"),
                                  fused=header.get("fused", True),
                                  master_weights=saved_value(header, "numerics") == "master",
-                                 decay=models.decays(family, "mezo"))
+                                 decay=models.decays(family, "mezo"), generator=generator)
     T.replay(engine, entries)
     models.save_full(model, tok, a.output, True)
     print(f"replayed {len(entries)} steps ({sum(e.skipped for e in entries)} skipped) onto {a.base} in "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mezo import checkpoint, distributed as D, trajectory as T
+from mezo import checkpoint, distributed as D, noise, trajectory as T
 from mezo.errors import BadInput
 from mezo.telemetry import log
 
@@ -26,14 +26,14 @@ from mezo.telemetry import log
 # linear schedule, max_steps too
 MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "numerics",
               "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate",
-              "lr_scheduler_type", "weight_decay")
-FLAG_OF = {"master_weights": "--master_weights/--no_master_weights"}
+              "lr_scheduler_type", "weight_decay", "generator")
+FLAG_OF = {"master_weights": "--master_weights/--no_master_weights", "generator": "--zo_generator"}
 
 
 def saved_value(saved: dict, key: str):
     """`key` of a trajectory header or manifest, where files written before the key existed imply
     it: numerics from master_weights (the only two schemes then), tie_emb True (masked LMs were
-    tied). None: not recorded and not implied."""
+    tied), generator lowbias32-v1 (the only one then). None: not recorded and not implied."""
     if key in saved:
         return saved[key]
     master = saved.get("master_weights", saved.get("use_master"))
@@ -43,6 +43,8 @@ def saved_value(saved: dict, key: str):
         return "master" if master else "reference"
     if key == "tie_emb":
         return True
+    if key == "generator":  # z's generator before generators were versioned
+        return noise.LEGACY_GENERATOR
     return None
 
 

@@ -11,7 +11,9 @@ at most the line being written):
     {"step": 2, ..., "g": [null], "skipped": true}   a non-finite step skipped by --skip_nonfinite
 
 `step` counts completed steps (1-based, as training_metrics.json); floats are written with
-Python's repr, which round-trips exactly, so replay is bit-exact.
+Python's repr, which round-trips exactly, so replay is bit-exact. The header's "generator" names
+z's generator and its version (mezo.noise.GENERATORS); a header without it was written before
+generators were versioned, with lowbias32-v1 (generator_of).
 
 Compact binary form (`python -m mezo.trajectory compact IN OUT`): b"MEZOTRJ1", uint32 header
 length, the JSON header, then per step n float32 coefficients g_j / n (NaN = skipped step).
@@ -60,6 +62,12 @@ def header(settings: dict, world_size: int, start_step: int = 0) -> dict:
     """Line 1: the run's settings (mezo.config.Config.settings(): model, dtype, master weights,
     MeZO and schedule settings, data sizes), what a replay or a resume must match."""
     return {"format": FORMAT, "version": VERSION, **settings, "world_size": world_size, "start_step": start_step}
+
+
+def generator_of(header: dict) -> str:
+    """The z generator a trajectory was written with (files from before versioning: the legacy one)."""
+    from mezo.noise import LEGACY_GENERATOR  # here: mezo.noise loads torch, the compact tool needs none
+    return header.get("generator", LEGACY_GENERATOR)
 
 
 def record(step: int, seeds, grads, lr: float, eps: float, wd: float, skipped: bool = False) -> dict:

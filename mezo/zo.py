@@ -64,7 +64,8 @@ def local_view(param: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _sweep_kernel(x, out, idx0, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, rounding,
-                  restore: bool, n_update: int, perturb: bool, write_out: bool, share_z: bool = False):
+                  restore: bool, n_update: int, perturb: bool, write_out: bool, share_z: bool = False,
+                  generator: str = noise.DEFAULT_GENERATOR):
     """x: state (param shard or fp32 master), updated in place; out: param shard (master mode).
 
     x <- x + ar * z(kr)                                    if restore
@@ -83,20 +84,20 @@ def _sweep_kernel(x, out, idx0, kr, ar, ku, cu, lr, wd, kp, bp, *, dist, roundin
 
     zr = None
     if restore:
-        zr = noise.z_from_index(idx, kr, dist)
+        zr = noise.z_from_index(idx, kr, dist, generator)
         v = rnd(v + ar * zr)
     if n_update:
-        s = cu[0] * (zr if share_z and zr is not None else noise.z_from_index(idx, ku[0], dist))
+        s = cu[0] * (zr if share_z and zr is not None else noise.z_from_index(idx, ku[0], dist, generator))
         for j in range(1, n_update):
-            s = s + cu[j] * noise.z_from_index(idx, ku[j], dist)
+            s = s + cu[j] * noise.z_from_index(idx, ku[j], dist, generator)
         v = rnd(v - lr * (s + wd * v))
     if write_out:
         if restore or n_update:
             x.copy_(v)
-        p = v + bp * noise.z_from_index(idx, kp, dist) if perturb else v
+        p = v + bp * noise.z_from_index(idx, kp, dist, generator) if perturb else v
         out.copy_(p.to(out.dtype))
     elif perturb:
-        x.copy_((v + bp * noise.z_from_index(idx, kp, dist)).to(x.dtype))
+        x.copy_((v + bp * noise.z_from_index(idx, kp, dist, generator)).to(x.dtype))
     elif restore or n_update:
         x.copy_(v.to(x.dtype))
 
@@ -144,6 +145,7 @@ class ZOEngine:
     backend: str = "eager"       # "eager" | "compile" | "triton"
     fused: bool = True
     master_weights: bool = False
+    generator: str = noise.DEFAULT_GENERATOR  # z's generator (mezo.noise.GENERATORS)
     # what is currently applied to the parameters on top of theta: (seed, displacement)
     _offset: tuple[int, float] | None = field(default=None, repr=False)
     # update not yet applied: (seeds, coefficients, lr, wd)
@@ -151,7 +153,7 @@ class ZOEngine:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, *, dist="gaussian", backend="auto", fused=True,
-                   master_weights=False, params=None, decay=None):
+                   master_weights=False, params=None, decay=None, generator=noise.DEFAULT_GENERATOR):
         """decay: name -> whether weight decay applies (default: not biases and norms, no_decay)."""
         named = params if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         decays = decay if decay is not None else (lambda n: not no_decay(n))
@@ -165,7 +167,7 @@ class ZOEngine:
         device = slots[0].local.device if slots else torch.device("cpu")
         if dist not in noise.DISTRIBUTIONS:
             raise ValueError(f"--zo_dist must be one of {noise.DISTRIBUTIONS}, got {dist!r}")
-        return cls(slots, dist, resolve_backend(backend, device), fused, master_weights)
+        return cls(slots, dist, resolve_backend(backend, device), fused, master_weights, noise.check_generator(generator))
 
     # ------------------------------------------------------------------ low level
     def _sweep(self, restore=None, update=None, perturb=None):
@@ -201,7 +203,7 @@ class ZOEngine:
                        kr, ar, ku, cu, lr, wd_on if slot.decay else wd_off, kp, bp,
                        dist=self.dist, rounding=rounding, restore=restore is not None,
                        n_update=n_update, perturb=perturb is not None, write_out=out is not None,
-                       share_z=share_z)
+                       share_z=share_z, generator=self.generator)
 
     # ------------------------------------------------------------------ MeZO operations
     def displace(self, seed: int, d: float):

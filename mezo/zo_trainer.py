@@ -134,7 +134,8 @@ def train(run: Run) -> dict:
     if not start:
         run.zero_shot()
     engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused,
-                                 master_weights=zo.master_weights, decay=models.decays(cfg.model.task_family, "mezo"))
+                                 master_weights=zo.master_weights, decay=models.decays(cfg.model.task_family, "mezo"),
+                                 generator=zo.generator)
     log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, numerics %s)",
              len(engine.slots), zo.dist, engine.backend, "fused" if engine.fused else "plain", zo.numerics)
     resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine)  # master shards, replay

@@ -5,7 +5,8 @@ Compared: every step record (all but its wall time), every evaluation (all but t
 which the golden commit did not compute), the final record's last evaluation (the golden
 commit's `final` dev/test: it reported the last evaluation; today's `final` reports the one
 --selection_metric selects and keeps the last as `final.last`), the status, and every line of
-trajectory.jsonl (the header's keys added since, NEW_HEADER_KEYS, are checked to hold the golden
+trajectory.jsonl. Behaviour that changed on purpose is selected back with flags on the current
+code only (the golden code does not know them): CURRENT_FLAGS. The header's keys added since, NEW_HEADER_KEYS, are checked to hold the golden
 behaviour's value and left out of the comparison; the base model's name and fingerprint, BASE_KEYS,
 which the golden code does not write, are checked apart)."""
 import json
@@ -15,6 +16,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from helpers import ROOT, build_model
 
@@ -25,8 +28,10 @@ RUNS = {
                                    "--lr_scheduler_type", "linear", "--weight_decay", "0.1", "--zo_backend", "eager"],
 }
 # header keys recorded since the golden commit -> the value the golden behaviour has: fp32 runs
-# perturb and update in place, what --numerics calls "reference" (the default in fp32)
-NEW_HEADER_KEYS = {"numerics": "reference"}
+# perturb and update in place, what --numerics calls "reference" (the default in fp32); z's
+# generator became versioned with a faster default (issue 15): the golden runs used lowbias32-v1
+CURRENT_FLAGS = ["--zo_generator", "lowbias32-v1"]
+NEW_HEADER_KEYS = {"numerics": "reference", "generator": "lowbias32-v1"}
 # the trajectory header names the base model and fingerprints its weights since issue 14 (replay
 # refuses another base): keys the golden code does not write, compared apart; the rest is compared as is
 BASE_KEYS = ("base_model", "base_fingerprint")
@@ -83,10 +88,24 @@ def _as_golden(rec: dict) -> dict:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_current_code_reproduces_the_golden_run(golden_tree, tiny, tmp_path, name):
     want = _run(str(golden_tree), tiny, tmp_path / "golden", RUNS[name])
-    got = _run(ROOT, tiny, tmp_path / "current", RUNS[name])
+    got = _run(ROOT, tiny, tmp_path / "current", RUNS[name] + CURRENT_FLAGS)
     assert len(want[0]["steps"]) == 6 and want[0]["status"] == "completed"
     assert all(isinstance(e["dev_loss"], float) for e in got[0]["evals"])  # recorded today, not by the golden code
     golden_final = want[0]["final"]
     assert _as_golden(got[0]) == {**want[0], "final": {"dev": golden_final["dev"], "test": golden_final["test"]}}
     assert got[1:3] == want[1:3]  # the trajectory: header (less NEW_HEADER_KEYS, BASE_KEYS) and every step line
     assert got[3]["base_model"] == tiny and len(got[3]["base_fingerprint"]) == 16
+
+
+def test_trajectory_from_before_versioning_replays_bit_exactly(golden_tree, tiny, tmp_path):
+    """A trajectory without a "generator" key (written by the golden code) is replayed by today's
+    mezo.replay with lowbias32-v1, to the golden run's saved weights bit for bit."""
+    _run(str(golden_tree), tiny, tmp_path / "golden", ["--save_model", "--zo_backend", "eager"])
+    traj = tmp_path / "golden" / "trajectory.jsonl"
+    assert "generator" not in json.loads(traj.read_text().splitlines()[0])
+    r = subprocess.run([sys.executable, "-m", "mezo.replay", "--base", tiny, "--trajectory", str(traj),
+                        "--output", str(tmp_path / "replayed")], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    want, got = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "golden" / "model", tmp_path / "replayed"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -134,3 +134,45 @@ def test_engine_drop_in(nt, master, monkeypatch):
         results.append([p.detach().clone() for p in m.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- generators (mezo/noise.py GENERATORS)
+@pytest.mark.parametrize("generator", list(noise.GENERATORS))
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_z_range_matches_pytorch(nt, generator, dist):
+    k = keys(9, "w")
+    for start in (0, 12345, 2 ** 31 - 3000):  # up to the last int32 index
+        got = nt.triton_z_range(start, 3000, k, dist, generator)
+        want = noise.z_range(torch.tensor(start, dtype=torch.int32), 3000, k, dist, generator)
+        if dist == "rademacher" or generator == "lowbias32-poly-v2":
+            assert torch.equal(got, want)  # integer bits, or IEEE float32 ops and sqrt_rn only
+        else:
+            torch.testing.assert_close(got, want, rtol=Z_RTOL, atol=Z_ATOL)
+
+
+@pytest.mark.parametrize("generator", list(noise.GENERATORS))
+def test_bits_range_matches_pytorch(nt, generator):
+    k = keys(4, "w#sr")
+    got = nt.triton_bits_range(777, 3000, k, generator)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, noise.bits_range(torch.tensor(777, dtype=torch.int32), 3000, k, generator))
+
+
+@pytest.mark.parametrize("generator", list(noise.GENERATORS))
+def test_sweep_uses_the_selected_generator(nt, generator):
+    """restore + 2-direction update + perturb in fp32 with Gaussian z: v2 bit for bit."""
+    x = torch.randn(2500)
+    kw = dict(dist="gaussian", rounding=False, restore=True, n_update=2, perturb=True, write_out=False,
+              generator=generator)
+    args = (torch.tensor(300, dtype=torch.int32), keys(1), F32(-1e-3), torch.stack([keys(1), keys(2)]),
+            torch.tensor([0.5, -0.25]), F32(1e-2), F32(0.1), keys(3), F32(1e-3))
+    a, b = x.clone(), x.clone()
+    zo._sweep_kernel(a, None, *args, **kw)
+    nt.triton_sweep(b, None, *args, **kw)
+    if generator == "lowbias32-poly-v2":
+        assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(a, b, rtol=Z_RTOL, atol=Z_ATOL)
+    c = x.clone()
+    nt.triton_sweep(c, None, *args, **{**kw, "generator": "lowbias32-poly-v2" if generator == "lowbias32-v1" else "lowbias32-v1"})
+    assert not torch.equal(c, b)  # the generator is really selected

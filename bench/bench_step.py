@@ -4,7 +4,11 @@ For each size, in one process and interleaved round by round (so machine noise h
 alike), it times:
 
   2 forwards   two forward passes + LM loss under inference_mode: the floor for any MeZO step
-  ours         mezo.zo.ZOEngine.step: fused sweeps (2 per step), counter-based z, compiled kernel
+  stochastic   mezo.zo.ZOEngine.step, numerics "stochastic" (the default): the previous update swept
+               over the weights, then one dual forward of [batch; batch] in which each leaf builds
+               theta +/- eps z from one z; 2 z evaluations per element per step
+  in place     ZOEngine.step, numerics "reference": fused in-place sweeps (2 per step, 3 z
+               evaluations per element), the previous default in fp32
   reference    the reference's step (bench/reference.py): 4 sweeps, torch.manual_seed + one
                torch.normal per parameter per sweep
 
@@ -43,6 +47,17 @@ def build(size: str) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
+def pair_loss(model, ids) -> tuple[float, float]:
+    """The LM loss of each half of one forward over [ids; ids], computed as Hugging Face's causal
+    LM loss (bench/reference.py loss_of) does: labels shifted left, the logits not copied."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.cat([ids, ids])).logits
+        labels = torch.nn.functional.pad(ids, (0, 1), value=-100)[:, 1:].reshape(-1)
+        n = len(ids)
+        return tuple(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), labels).item()
+                     for h in (logits[:n], logits[n:]))
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -54,12 +69,16 @@ def bench(size: str, args) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(4, model.config.vocab_size, (args.batch_size, args.seq_len),
                         generator=torch.Generator().manual_seed(0))
-    ref_model = copy.deepcopy(model)  # ours keeps an update pending between steps: separate weights
-    engine = zo.ZOEngine.from_model(model, backend=args.backend)
+    ref_model = copy.deepcopy(model)  # the in-place engines leave a perturbation pending: own weights
+    inplace_model = copy.deepcopy(model)
+    engine = zo.ZOEngine.from_model(model, backend=args.backend, numerics="stochastic")
+    inplace = zo.ZOEngine.from_model(inplace_model, backend=args.backend, numerics="reference")
     seeds = iter(range(1, 10 ** 9))
     methods = {
         "2 forwards": lambda: (zo_loss(model, ids).item(), zo_loss(model, ids).item()),
-        "ours": lambda: engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0),
+        "stochastic": lambda: engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0,
+                                          pair_fn=lambda: pair_loss(model, ids)),
+        "in place": lambda: inplace.step(lambda: zo_loss(inplace_model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0),
         "reference": lambda: reference_step(ref_model, ids, next(seeds)),
     }
     for fn in methods.values():  # warm-up: kernel compilation, allocator
@@ -71,8 +90,7 @@ def bench(size: str, args) -> dict:
             times[m].append(timed(fn))
     med = {m: statistics.median(t) for m, t in times.items()}
     row = {"size": size, "params": n_params, "backend": engine.backend,
-           **{f"{m} s": med[m] for m in methods},
-           "ours / 2 fwd": med["ours"] / med["2 forwards"], "reference / 2 fwd": med["reference"] / med["2 forwards"]}
+           **{f"{m} s": med[m] for m in methods}, **{f"{m} / 2 fwd": med[m] / med["2 forwards"] for m in methods}}
     print(json.dumps(row), flush=True)
     return row
 
@@ -90,11 +108,14 @@ def main():
     rows = [bench(s, args) for s in args.sizes]
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"batch {args.batch_size} x {args.seq_len}, median of {args.rounds} interleaved rounds\n")
-    print("| model | params | 2 forwards (s) | ours (s) | reference (s) | ours / 2 fwd | reference / 2 fwd |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    names = ["stochastic", "in place", "reference"]
+    print("| model | params | 2 forwards (s) | " + " | ".join(f"{m} (s)" for m in names) + " | "
+          + " | ".join(f"{m} / 2 fwd" for m in names) + " |")
+    print("|---|---:|---:|" + "---:|" * (2 * len(names)))
     for r in rows:
-        print(f"| OPT-like {r['size']} | {r['params'] / 1e6:.1f}M | {r['2 forwards s']:.4f} | {r['ours s']:.4f} | "
-              f"{r['reference s']:.4f} | {r['ours / 2 fwd']:.2f}x | {r['reference / 2 fwd']:.2f}x |")
+        print(f"| OPT-like {r['size']} | {r['params'] / 1e6:.1f}M | {r['2 forwards s']:.4f} | "
+              + " | ".join(f"{r[m + ' s']:.4f}" for m in names) + " | "
+              + " | ".join(f"{r[m + ' / 2 fwd']:.2f}x" for m in names) + " |")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=1)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mezo import distributed as D
-from mezo.scoring import example_losses
+from mezo.scoring import example_losses, forward_shape
 
 # examples per forward on CPU: divides the per-rank share of the usual global batches (8, 16,
 # 32, ...) on 1, 2 and 4 ranks, and on 2 cores it is faster than one forward of 16 (less
@@ -91,15 +91,39 @@ def global_mean(values: torch.Tensor, counts: torch.Tensor) -> float:
     return math.fsum(both[:, 0].tolist()) / max(math.fsum(both[:, 1].tolist()), 1.0)
 
 
-def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classification"):
+def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classification", batch_shape: bool = False):
     """loss_fn(step) -> mean loss over the global batch (all micro-batches, all ranks), per
-    sample or, for "lm", per gold token; the same bits on every rank and at every world size."""
+    sample or, for "lm", per gold token; the same bits on every rank and at every world size.
+
+    batch_shape: every forward of a micro-batch is padded to the shape of the whole global
+    micro-batch (mezo.scoring.forward_shape), and loss_fn.pair(step) -> (L+, L-) scores each
+    micro-batch of this rank in one forward of [rows; rows] (the stochastic numerics' dual
+    forward: the engine perturbs the first half with +eps, the second with -eps); each half's
+    per-example losses are summed exactly as loss_fn's, so both give the same bits per half."""
+    def shape(step: int, micro: int):
+        return forward_shape(enc, [train[i] for i in stream.global_batch(step, micro)], kind) if batch_shape else None
+
     def loss_fn(step: int) -> float:
         values, counts = [], []
         for micro in range(stream.accum):
+            sh = shape(step, micro)
             for ids in stream.local_forwards(step, micro):
-                v, c = example_losses(model, enc, [train[i] for i in ids], kind)
+                v, c = example_losses(model, enc, [train[i] for i in ids], kind, sh)
                 values.append(v.detach().to("cpu", torch.float64))
                 counts.extend(c)
         return global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
+
+    def pair(step: int) -> tuple[float, float]:
+        plus, minus, counts = [], [], []
+        for micro in range(stream.accum):
+            mine = [train[i] for i in stream.local_batch(step, micro)]
+            v, c = example_losses(model, enc, mine + mine, kind, shape(step, micro))
+            v = v.detach().to("cpu", torch.float64)
+            plus.append(v[:len(mine)])
+            minus.append(v[len(mine):])
+            counts.extend(c[:len(mine)])
+        n = torch.tensor(counts, dtype=torch.float64)
+        return global_mean(torch.cat(plus), n), global_mean(torch.cat(minus), n)
+
+    loss_fn.pair = pair
     return loss_fn

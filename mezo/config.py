@@ -9,7 +9,7 @@ entry point prints as one line naming the flag or file and exit 2, before anythi
       model       ModelConfig       which model, its family, precision, context and generation length
       data        DataConfig        task, data folder, sizes and sampling seeds
       train       TrainConfig       trainer, batches, learning rate schedule, steps, evaluation
-      zo          ZOConfig          MeZO: eps, directions, distribution, master weights, kernel
+      zo          ZOConfig          MeZO: eps, directions, distribution, numerics, kernel
       ft          FTConfig          the backprop baseline's optimizer
       probe       ProbeConfig       the linear probe's classifier
       peft        PeftConfig        LoRA / prefix tuning
@@ -38,7 +38,7 @@ BUNDLED_DATA = os.path.join(PACKAGE_DIR, "data", "sst2_sample")  # glue/sst2/{tr
 FAMILIES = ("auto", "opt", "llama", "roberta")
 # MeZO numerics (--numerics): how the trainable weights are perturbed and updated. "auto" resolves
 # to one of the others (see _numerics); a new scheme is one more name here and in mezo/zo.py.
-NUMERICS = ("auto", "reference", "master")
+NUMERICS = ("auto", "reference", "master", "stochastic")
 KS = (16, 512)
 DATA_SEEDS = (13, 21, 42, 87, 100)
 TRAINERS = ("mezo", "ft", "linear_probe")
@@ -145,7 +145,7 @@ class ZOConfig:
     eps: float
     dist: str                   # gaussian | rademacher
     num_samples: int            # directions per step (n-SPSA)
-    numerics: str               # reference | master (--numerics, "auto" resolved)
+    numerics: str               # reference | master | stochastic (resolved from auto; mezo.zo's docstring)
     backend: str
     fused: bool
     non_diff: bool              # the objective is minus the batch's task metric
@@ -157,7 +157,7 @@ class ZOConfig:
 
     @property
     def master_weights(self) -> bool:
-        """An fp32 master copy of each trainable shard is the state (--numerics master)."""
+        """An fp32 master copy of each trainable shard is the state (numerics "master")."""
         return self.numerics == "master"
 
 
@@ -371,18 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian", help="distribution of the direction z")
     a("--zo_num_samples", type=int, default=1, help="directions per step (n-SPSA)")
     a("--numerics", choices=NUMERICS, default="auto",
-      help="reference: the weights in --dtype are perturbed, restored and updated in place, rounded to "
-           "nearest (princeton-nlp/MeZO, mezo.sh --load_float16); master: an fp32 master copy of each "
-           "trainable shard is the state and the weights are written as its perturbed cast; auto: reference "
-           "under --paper_hparams (so the paper presets) and in fp32, master in bf16/fp16")
+      help="how the weights are perturbed and updated: stochastic (theta kept in --dtype and never perturbed in "
+           "place: the loss runs once on [batch; batch], the first half with theta + eps z, the second with "
+           "theta - eps z; the update is rounded stochastically in bf16/fp16; no extra memory), master (an fp32 "
+           "master copy of each trainable shard), reference (perturb, restore and update the --dtype weights in "
+           "place, as princeton-nlp/MeZO). auto: reference under --paper_hparams; stochastic where every "
+           "trainable parameter sits in a module whose forward can be split by batch (not --prefix_tuning, "
+           "--non_diff), otherwise reference in fp32 and master in bf16/fp16")
     a("--no_master_weights", action="store_true", help="alias of --numerics reference")
     a("--master_weights", action="store_true", help="alias of --numerics master")
     a("--zo_generator", choices=list(noise.GENERATORS), default=noise.DEFAULT_GENERATOR,
       help=f"z's counter-based generator and version (default {noise.DEFAULT_GENERATOR}: one hash per element, "
            f"polynomial Box-Muller; {noise.LEGACY_GENERATOR}: the generator of runs before it)")
     a("--zo_backend", choices=["auto", "compile", "eager", "triton"], default="auto",
-      help="sweep kernel: torch.compile'd fused kernel, or plain PyTorch ops")
-    a("--no_fuse", action="store_true", help="run the plain 4-sweep schedule (for checking)")
+      help="the engine's kernels: torch.compile'd fused kernels, Triton (the auto choice on GPU), or plain PyTorch "
+           "ops; on CUDA checked against the PyTorch path before the first step (a failure falls back)")
+    a("--no_fuse", action="store_true",
+      help="run the plain schedule (for checking): 4 sweeps (master, reference), one forward per sign (stochastic)")
     a("--non_diff", action="store_true", help="MeZO on minus the task metric (accuracy / F1) of the batch's predictions")
 
     a = p.add_argument_group("parameter-efficient modes").add_argument
@@ -532,8 +537,9 @@ def _default_sizes(ns, task, family: str) -> None:
 
 def _numerics(ns) -> str:
     """--numerics with its aliases, "auto" resolved: reference under --paper_hparams (the reference
-    perturbs and updates the fp16 weights in place) and in fp32 (in place is exact enough there),
-    master (an fp32 master copy) in bf16 / fp16."""
+    perturbs and updates the fp16 weights in place); stochastic where every trainable parameter sits
+    in a module whose forward can be split by batch; otherwise reference in fp32 (in place is exact
+    enough there) and master (an fp32 master copy) in bf16 / fp16."""
     aliases = [flag for flag, on in (("--master_weights", ns.master_weights),
                                      ("--no_master_weights", ns.no_master_weights)) if on]
     if len(aliases) == 2:
@@ -543,9 +549,16 @@ def _numerics(ns) -> str:
         if ns.numerics not in ("auto", alias):
             raise BadInput(f"{aliases[0]} (= --numerics {alias}) contradicts --numerics {ns.numerics}")
         return alias
+    if ns.numerics == "stochastic" and ns.prefix_tuning:
+        raise BadInput("--numerics stochastic perturbs parameters inside the modules that use them; prefix "
+                       "tuning's prefixes are read directly by their parent: use --numerics master or reference")
     if ns.numerics != "auto":
         return ns.numerics
-    return "reference" if ns.paper_hparams or ns.dtype == "fp32" else "master"
+    if ns.paper_hparams:
+        return "reference"
+    if ns.prefix_tuning or ns.non_diff:  # not split by batch: prefixes, generation's many forwards
+        return "reference" if ns.dtype == "fp32" else "master"
+    return "stochastic"
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -666,7 +679,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
         _at_least(ns.max_train_samples, 1, "max_train_samples")
         ns.num_train = ns.max_train_samples
     _at_least(ns.num_train, 0 if trainer in ("zero_shot", "icl") else 1, "num_train")
-    numerics = _numerics(ns)
+    ns.numerics = _numerics(ns)
     _check_model(ns)
     if ns.batch_size % world_size:
         raise BadInput(f"--batch_size {ns.batch_size} is not divisible by the number of processes ({world_size})")
@@ -682,8 +695,7 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     train = TrainConfig(trainer, ns.seed, ns.batch_size, ns.forward_batch_size, ns.gradient_accumulation_steps,
                         ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
                         ns.eval_batch_size, ns.no_initial_eval, ns.num_demos, ns.selection_metric)
-    ns.numerics = numerics
-    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples, numerics, ns.zo_backend, not ns.no_fuse, ns.non_diff,
+    zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples, ns.numerics, ns.zo_backend, not ns.no_fuse, ns.non_diff,
                   generator=ns.zo_generator)
     peft = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
     ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig) if f.name != "amp"},

@@ -34,6 +34,7 @@ class Run:
     enc: Encoder
     metrics: telemetry.Metrics
     base: dict = field(default_factory=dict)    # the base model: name and weights fingerprint (trajectory header)
+    memory: telemetry.MemoryLogger | None = None  # with --memory_logging, on the main rank
 
     def evaluate(self, step: int) -> dict:
         """The dev and test metrics now, and the dev loss (the task's training loss, also under
@@ -62,7 +63,9 @@ class Run:
                 if bar:
                     bar.update(1)
                     bar.set_postfix({label: f"{rec[k]:{fmt}}" for k, label, fmt in
-                                     (("loss", "loss", ".4f"), ("projected_grad", "g", ".3g")) if k in rec})
+                                     (("loss", "loss", ".4f"), ("projected_grad", "g", ".3g"),
+                                      ("time_forward_s", "fwd s", ".2f"), ("time_sweep_s", "sweep s", ".2f"))
+                                     if k in rec})
                 if (i + 1) % t.eval_steps == 0 or i + 1 == t.max_steps:
                     if before_eval:
                         before_eval()

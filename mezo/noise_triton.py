@@ -1,4 +1,7 @@
-"""Triton version of `zo._sweep_kernel`: restore / update / perturb a flat shard in one pass.
+"""Triton versions of the engine's kernels: `zo._sweep_kernel` (restore / update / perturb a flat
+shard in one pass: numerics master and reference), and at the end of this file `zo._pm_kernel`
+and `zo._update_kernel` (numerics stochastic: the dual forward's weights, the stochastically
+rounded update).
 
 z is generated inside the kernel from (keys, global element index) with the hash of
 mezo/noise.py, so each weight is read once and written once per sweep and no z tensor
@@ -229,3 +232,76 @@ def triton_bits_range(start, n: int, k, generator: str = noise.DEFAULT_GENERATOR
 
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------------- the stochastic numerics
+# Twins of zo._pm_kernel (the dual forward's theta +/- eps z) and zo._update_kernel (the update,
+# rounded stochastically). z comes from _z above (the twin of noise.z_range) and the rounding
+# bits from _bits_lowbias32 (the twin of noise.bits_range).
+if HAVE_TRITON:
+    @triton.jit
+    def _pm(theta_ptr, plus_ptr, minus_ptr, n, start_ptr, k_ptr, eps_ptr,
+            GAUSS: tl.constexpr, BOTH: tl.constexpr, LIBDEVICE: tl.constexpr, GEN: tl.constexpr,
+            BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        idx = (offs + tl.load(start_ptr)).to(tl.uint32)
+        dt: tl.constexpr = theta_ptr.dtype.element_ty
+        v = tl.load(theta_ptr + offs, mask=mask).to(tl.float32)
+        t = tl.load(eps_ptr) * _z(idx, k_ptr, GAUSS, LIBDEVICE, GEN)
+        tl.store(plus_ptr + offs, _cast(v + t, dt), mask=mask)
+        if BOTH:
+            tl.store(minus_ptr + offs, _cast(v - t, dt), mask=mask)
+
+    @triton.jit
+    def _update(x_ptr, n, start_ptr, ku_ptr, cu_ptr, lr_ptr, wd_ptr, ksr_ptr,
+                GAUSS: tl.constexpr, N_UPDATE: tl.constexpr, SR: tl.constexpr, DROP: tl.constexpr,
+                LIBDEVICE: tl.constexpr, GEN: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        idx = (offs + tl.load(start_ptr)).to(tl.uint32)
+        dt: tl.constexpr = x_ptr.dtype.element_ty
+        v = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+        s = tl.load(cu_ptr) * _z(idx, ku_ptr, GAUSS, LIBDEVICE, GEN)
+        for j in tl.static_range(1, N_UPDATE):
+            s = s + tl.load(cu_ptr + j) * _z(idx, ku_ptr + 4 * j, GAUSS, LIBDEVICE, GEN)
+        v = v - tl.load(lr_ptr) * (s + tl.load(wd_ptr) * v)
+        if SR:  # zo.stochastic_round: add random bits below the kept mantissa, truncate
+            low: tl.constexpr = (1 << DROP) - 1
+            u = v.to(tl.uint32, bitcast=True)
+            r = (((u + (_bits_lowbias32(idx, ksr_ptr) & low)) >> DROP) << DROP).to(tl.float32, bitcast=True)
+            finite = (u & 0x7F800000) != 0x7F800000
+            v = tl.where(finite, r, v)
+        tl.store(x_ptr + offs, _cast(v, dt), mask=mask)
+
+
+def triton_pm(theta, start, k, eps, *, dist, both: bool, generator: str = noise.DEFAULT_GENERATOR):
+    """Drop-in for `zo._pm_kernel`: (theta + eps z, theta - eps z or None) for a flat slice."""
+    assert theta.is_contiguous()
+    dev, n = theta.device, theta.numel()
+    plus = torch.empty_like(theta)
+    minus = torch.empty_like(theta) if both else None
+    if n:
+        _pm[(triton.cdiv(n, BLOCK),)](
+            theta, plus, minus if both else plus, n, _vec(start, torch.int32, dev), _vec(k, torch.int32, dev),
+            _vec(eps, torch.float32, dev), GAUSS=dist == "gaussian", BOTH=bool(both),
+            LIBDEVICE=dev.type == "cuda" and not _interpret(), GEN=GEN_ID[generator], BLOCK=BLOCK, num_warps=4,
+            enable_fp_fusion=False)
+    return plus, minus
+
+
+def triton_update(x, start, ku, cu, lr, wd, ksr, *, dist, n_update: int, sr: bool,
+                  generator: str = noise.DEFAULT_GENERATOR):
+    """Drop-in for `zo._update_kernel`: the update of a flat shard slice in place (stochastic
+    rounding to bf16/fp16 with the bits of keys ksr when `sr`)."""
+    assert x.is_contiguous()
+    dev, n = x.device, x.numel()
+    if not n:
+        return
+    i32 = lambda v: _vec(v, torch.int32, dev)  # noqa: E731
+    f32 = lambda v: _vec(v, torch.float32, dev)  # noqa: E731
+    _update[(triton.cdiv(n, BLOCK),)](
+        x, n, i32(start), i32(ku), f32(cu), f32(lr), f32(wd), i32(ksr), GAUSS=dist == "gaussian",
+        N_UPDATE=int(n_update), SR=bool(sr) and x.dtype in (torch.bfloat16, torch.float16),
+        DROP=16 if x.dtype == torch.bfloat16 else 13, LIBDEVICE=dev.type == "cuda" and not _interpret(),
+        GEN=GEN_ID[generator], BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)

@@ -5,7 +5,7 @@
 
 The result (save_pretrained, safetensors) is bit-identical to what training saved with
 --save_model, on any number of training ranks: replay runs the same ZOEngine sweeps with the
-same floating-point operations (see mezo.trajectory.replay). Settings (dtype, master weights,
+same floating-point operations (see mezo.trajectory.replay). Settings (dtype, numerics,
 distribution, z generator, kernel backend) come from the trajectory header (a header without a
 generator was written before generators were versioned: lowbias32-v1); overriding --dtype replays
 with other rounding, so the result is then no longer bit-identical.
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     _check_base(a, header, model, dtype)
     engine = ZOEngine.from_model(model, dist=header["zo_dist"], backend=a.zo_backend or header.get("zo_backend", "eager"),
                                  fused=header.get("fused", True),
-                                 master_weights=saved_value(header, "numerics") == "master",
+                                 numerics=saved_value(header, "numerics"),
                                  decay=models.decays(family, "mezo"), generator=generator)
     T.replay(engine, entries)
     models.save_full(model, tok, a.output, True)

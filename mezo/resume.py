@@ -27,7 +27,8 @@ from mezo.telemetry import log
 MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "numerics",
               "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate",
               "lr_scheduler_type", "weight_decay", "generator")
-FLAG_OF = {"master_weights": "--master_weights/--no_master_weights", "generator": "--zo_generator"}
+FLAG_OF = {"master_weights": "--master_weights/--no_master_weights", "numerics": "--numerics",
+           "generator": "--zo_generator"}
 
 
 def saved_value(saved: dict, key: str):

@@ -23,7 +23,9 @@ Only the mask positions go through the MLM head.
 
 `example_losses` returns one loss per sample and the count it weighs in the mean (1 per sample,
 or its gold tokens for "lm"), so that the loop can sum them in a fixed order whatever the
-number of forwards and ranks (mezo.batches); `loss_terms` is their (sum, count).
+number of forwards and ranks (mezo.batches); `loss_terms` is their (sum, count). Given a
+`Shape` (`forward_shape` of a whole global batch), a forward pads to that length and keeps
+that many positions instead of its own, so its rows have the same shape on any world size.
 """
 from __future__ import annotations
 
@@ -35,6 +37,15 @@ import torch.nn.functional as F
 
 from mezo import distributed as D, metrics as M
 from mezo.tasks import MASK, Sample
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A forward's padded length, the positions kept through the LM head and whether candidates
+    are all single tokens (one forward of the prompts), fixed for a whole batch."""
+    length: int
+    keep: int = 1
+    single: bool = True
 
 
 @dataclass
@@ -148,9 +159,10 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
-def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) [B, T] of `seqs` padded on the left (causal LMs) or right (MLMs)."""
-    T = max(len(s) for s in seqs)
+def _pad(seqs: list[list[int]], pad_id: int, left: bool, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, T] of `seqs` padded on the left (causal LMs) or right (MLMs) to
+    `length` (default: the longest)."""
+    T = length or max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -160,19 +172,19 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pad(seqs, pad_id, left=True)
+def _left_pad(seqs: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pad(seqs, pad_id, left=True, length=length)
 
 
-def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pad(seqs, pad_id, left=False)
+def _right_pad(seqs: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pad(seqs, pad_id, left=False, length=length)
 
 
-def causal_inputs(model, seqs: list[list[int]], pad_id: int, keep: int) -> dict:
-    """Forward kwargs for left-padded `seqs`: position ids that skip the padding, and only the
-    last `keep` positions through the LM head where the model supports it."""
+def causal_inputs(model, seqs: list[list[int]], pad_id: int, keep: int, length: int | None = None) -> dict:
+    """Forward kwargs for `seqs` left-padded (to `length`): position ids that skip the padding,
+    and only the last `keep` positions through the LM head where the model supports it."""
     device = next(model.parameters()).device
-    ids, mask = _left_pad(seqs, pad_id)
+    ids, mask = _left_pad(seqs, pad_id, length)
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if _accepts(model, "position_ids"):
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
@@ -181,19 +193,19 @@ def causal_inputs(model, seqs: list[list[int]], pad_id: int, keep: int) -> dict:
     return kwargs
 
 
-def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int) -> torch.Tensor:
+def forward_last(model, seqs: list[list[int]], pad_id: int, keep: int, length: int | None = None) -> torch.Tensor:
     """Log-probabilities [B, keep, V] at the last `keep` positions of left-padded `seqs`."""
-    logits = model(**causal_inputs(model, seqs, pad_id, keep)).logits[:, -keep:].float()
+    logits = model(**causal_inputs(model, seqs, pad_id, keep, length)).logits[:, -keep:].float()
     return F.log_softmax(logits, dim=-1)
 
 
-def continuation_logprobs(model, enc: Encoder, pairs: list[tuple[list[int], list[int]]]):
+def continuation_logprobs(model, enc: Encoder, pairs: list[tuple[list[int], list[int]]], shape: Shape | None = None):
     """Token log-likelihoods of each continuation c after its prompt p, all pairs in one forward:
-    (logp [N, L], valid [N, L]) with continuation tokens right-aligned (L = longest)."""
+    (logp [N, L], valid [N, L]) with continuation tokens right-aligned (L = longest, or shape.keep - 1)."""
     seqs = [p + c for p, c in pairs]
     lens = [len(c) for _, c in pairs]
-    L = max(lens)
-    logp = forward_last(model, seqs, enc.pad_id, keep=L + 1)[:, :-1]  # predicts the last L tokens
+    L = shape.keep - 1 if shape else max(lens)
+    logp = forward_last(model, seqs, enc.pad_id, L + 1, shape.length if shape else None)[:, :-1]  # the last L tokens
     targets = torch.zeros((len(seqs), L), dtype=torch.long)
     valid = torch.zeros((len(seqs), L), dtype=torch.bool)
     for j, s in enumerate(seqs):
@@ -203,14 +215,15 @@ def continuation_logprobs(model, enc: Encoder, pairs: list[tuple[list[int], list
     return logp.gather(-1, targets[..., None])[..., 0] * valid, valid
 
 
-def candidate_scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
+def candidate_scores(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> list[torch.Tensor]:
     """Causal: mean log-likelihood of each candidate, one tensor [n_candidates] per sample."""
     encoded = [enc.encode(s) for s in samples]
-    if all(len(c) == 1 for e in encoded for c in e.cands):  # every candidate follows the same prompt
-        logp = forward_last(model, [e.prompt_for(1) for e in encoded], enc.pad_id, keep=1)[:, 0]
+    if shape.single if shape else all(len(c) == 1 for e in encoded for c in e.cands):  # all after the same prompt
+        logp = forward_last(model, [e.prompt_for(1) for e in encoded], enc.pad_id, 1,
+                            shape.length if shape else None)[:, 0]
         return [logp[i, [c[0] for c in e.cands]] for i, e in enumerate(encoded)]
     pairs = [(e.prompt_for(len(c)), c) for e in encoded for c in e.cands]
-    tok_lp, valid = continuation_logprobs(model, enc, pairs)
+    tok_lp, valid = continuation_logprobs(model, enc, pairs, shape)
     mean_lp = tok_lp.sum(-1) / valid.sum(-1)
     out, j = [], 0
     for e in encoded:
@@ -219,12 +232,12 @@ def candidate_scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.T
     return out
 
 
-def mask_logits(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
+def mask_logits(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> list[torch.Tensor]:
     """MLM: the label-word logits at the mask, one tensor [n_words] per sample (right-padded batch;
     only the mask positions go through the MLM head of a Hugging Face *ForMaskedLM)."""
     encoded = [enc.encode(s) for s in samples]
     device = next(model.parameters()).device
-    ids, mask = _right_pad([e.prompt for e in encoded], enc.pad_id)
+    ids, mask = _right_pad([e.prompt for e in encoded], enc.pad_id, shape.length if shape else None)
     ids, mask = ids.to(device), mask.to(device)
     rows = torch.arange(len(encoded), device=device)
     pos = torch.tensor([e.mask_pos for e in encoded], device=device)
@@ -242,14 +255,14 @@ def mask_logits(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor
     return [logits[i, [c[0] for c in e.cands]] for i, e in enumerate(encoded)]
 
 
-def scores(model, enc: Encoder, samples: list[Sample]) -> list[torch.Tensor]:
+def scores(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> list[torch.Tensor]:
     """Per-sample candidate scores: mean log-likelihoods (causal) or label-word logits (mlm)."""
-    return mask_logits(model, enc, samples) if enc.family == "mlm" else candidate_scores(model, enc, samples)
+    return mask_logits(model, enc, samples, shape) if enc.family == "mlm" else candidate_scores(model, enc, samples, shape)
 
 
-def classification_losses(model, enc: Encoder, samples: list[Sample]) -> torch.Tensor:
+def classification_losses(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> torch.Tensor:
     """Per-sample cross-entropy over candidate scores, [len(samples)]."""
-    out = scores(model, enc, samples)
+    out = scores(model, enc, samples, shape)
     return torch.stack([F.cross_entropy(s[None], torch.tensor([x.label], device=s.device)) for s, x in zip(out, samples)])
 
 
@@ -258,7 +271,7 @@ def classification_loss(model, enc: Encoder, samples: list[Sample]) -> torch.Ten
     return classification_losses(model, enc, samples).sum()
 
 
-def lm_losses(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Tensor, list[int]]:
+def lm_losses(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> tuple[torch.Tensor, list[int]]:
     """Per-sample (summed token NLL of the gold continuation, number of gold tokens): teacher
     forcing on the gold answer only, as the reference's LM-style training
     (--train_as_classification False). A sample without a gold continuation counts (0, 0)."""
@@ -268,7 +281,7 @@ def lm_losses(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Tensor,
     if not have:
         return torch.zeros(len(samples)), counts
     tok_lp, valid = continuation_logprobs(model, enc, [(encoded[i].prompt_for(len(encoded[i].gold)), encoded[i].gold)
-                                                       for i in have])
+                                                       for i in have], shape)
     nll = torch.zeros(len(samples), device=tok_lp.device, dtype=tok_lp.dtype)
     return nll.index_copy(0, torch.tensor(have, device=tok_lp.device), -tok_lp.sum(-1)), counts
 
@@ -279,19 +292,19 @@ def lm_loss_terms(model, enc: Encoder, samples: list[Sample]) -> tuple[torch.Ten
     return values.sum(), sum(counts)
 
 
-def predict(model, enc: Encoder, samples: list[Sample]) -> list[int]:
-    return [int(s.argmax()) for s in scores(model, enc, samples)]
+def predict(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> list[int]:
+    return [int(s.argmax()) for s in scores(model, enc, samples, shape)]
 
 
 @torch.no_grad()
 def generate(model, enc: Encoder, samples: list[Sample], max_new_tokens: int | None = None,
-             sync=None) -> list[str]:
+             sync=None, shape: Shape | None = None) -> list[str]:
     """Greedy decoding with a KV cache over a left-padded batch; each output stops at the newline
     token or EOS (Encoder.stop_ids) and is decoded without special tokens and stripped, as the
     reference's. `sync(done_count) -> total` keeps ranks in lockstep under FSDP."""
     max_new = enc.max_new_tokens if max_new_tokens is None else max_new_tokens
     device = next(model.parameters()).device
-    ids, mask = _left_pad([enc(s)[0] for s in samples], enc.pad_id)
+    ids, mask = _left_pad([enc(s)[0] for s in samples], enc.pad_id, shape.length if shape else None)
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     # a prefix-tuned model (peft_modes.PrefixLM) prepends its prefix cache on the first call only
@@ -341,23 +354,42 @@ def loss_weight(enc: Encoder, s: Sample, loss: str) -> int:
     return len(enc.encode(s).gold or []) if loss == "lm" else 1
 
 
-def example_losses(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[torch.Tensor, list[int]]:
+def example_losses(model, enc: Encoder, samples: list[Sample], loss: str,
+                   shape: Shape | None = None) -> tuple[torch.Tensor, list[int]]:
     """The training loss of each of `samples`, [len(samples)], and the count each weighs in the
     mean: "classification": CE over candidate scores (or MLM label-word logits), count 1;
     "lm": summed teacher-forced NLL of the gold continuation, count = its gold tokens;
     "non_diff": minus the task metric (accuracy, or F1 of greedy generations), count 1.
     Each value depends only on the samples of this call (one forward), never on a reduction
-    across calls: the caller decides the order of the sums."""
+    across calls: the caller decides the order of the sums. `shape`: pad to it (forward_shape)."""
     if loss == "classification":
-        return classification_losses(model, enc, samples), [1] * len(samples)
+        return classification_losses(model, enc, samples, shape), [1] * len(samples)
     if loss == "lm":
-        return lm_losses(model, enc, samples)
+        return lm_losses(model, enc, samples, shape)
     if loss == "non_diff":
         sync = D.sync_counts if D.world_size() > 1 else None  # generation keeps FSDP2 ranks in lockstep
-        preds = generate(model, enc, samples, sync=sync) if not samples[0].candidates else predict(model, enc, samples)
+        preds = generate(model, enc, samples, sync=sync, shape=shape) if not samples[0].candidates \
+            else predict(model, enc, samples, shape)
         vals = [-next(iter(sample_metric(s, p).values())) for s, p in zip(samples, preds)]
         return torch.tensor(vals, dtype=torch.float64), [1] * len(samples)
     raise ValueError(f"unknown loss {loss!r}")
+
+
+def forward_shape(enc: Encoder, samples: list[Sample], loss: str) -> Shape:
+    """The Shape that example_losses(..., loss) of any subset of `samples` would take at most:
+    the longest padded row (each continuation after its own cut of the prompt, Encoded.prompt_for),
+    the most positions kept, and whether one forward of the prompts scores every candidate."""
+    e = [enc.encode(s) for s in samples]
+    if enc.family == "mlm" or (loss == "non_diff" and not samples[0].candidates):  # mask logits, generation
+        return Shape(max(len(x.prompt) for x in e))
+    if loss == "lm":
+        g = [x for x in e if x.gold] or e[:1]
+        return Shape(max(len(x.prompt_for(len(x.gold or []))) + len(x.gold or []) for x in g),
+                     max(len(x.gold or []) for x in g) + 1, False)
+    if all(len(c) == 1 for x in e for c in x.cands):
+        return Shape(max(len(x.prompt_for(1)) for x in e))
+    pairs = [(x.prompt_for(len(c)), c) for x in e for c in x.cands]
+    return Shape(max(len(p) + len(c) for p, c in pairs), max(len(c) for _, c in pairs) + 1, False)
 
 
 def loss_terms(model, enc: Encoder, samples: list[Sample], loss: str) -> tuple[torch.Tensor, int]:

@@ -107,6 +107,14 @@ def write_json(path: str, obj) -> None:
         raise
 
 
+def update_json(path: str, fields: dict) -> None:
+    """Add `fields` to the JSON object in `path` (written as write_json does)."""
+    with open(path) as f:
+        obj = json.load(f)
+    obj.update(fields)
+    write_json(path, obj)
+
+
 def check_writable(flag: str, folder: str) -> None:
     """BadInput naming `flag` unless files can be written in `folder`. Nothing is created: an
     existing folder gets a test file (removed again); a missing one needs its nearest existing
@@ -287,6 +295,7 @@ class MemoryLogger:
         self.proc = psutil.Process()
         self.path, self.device, self.interval = path, device, interval
         self.samples: list[dict] = []
+        self.info: dict = {}  # run facts written beside the samples (e.g. param_bytes, engine_state_bytes)
         self.t0 = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -316,7 +325,7 @@ class MemoryLogger:
         return {k: max((s[k] for s in self.samples if s[k] is not None), default=None) for k in keys}
 
     def save(self):
-        write_json(self.path, {"device": str(self.device), "interval_s": self.interval,
+        write_json(self.path, {"device": str(self.device), "interval_s": self.interval, **self.info,
                                "samples": list(self.samples), "peak": self.peak()})
 
     def stop(self):

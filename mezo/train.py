@@ -23,8 +23,8 @@ def run(cfg: config.Config) -> dict:
     ctx = context.build(cfg)
     mem = None
     if cfg.output.memory_logging and ctx.main:
-        mem = telemetry.MemoryLogger(os.path.join(cfg.output.dir, "memory_log.json"), ctx.device,
-                                     cfg.output.memory_interval).start()
+        mem = ctx.memory = telemetry.MemoryLogger(os.path.join(cfg.output.dir, "memory_log.json"), ctx.device,
+                                                  cfg.output.memory_interval).start()
     try:
         torch.set_grad_enabled(False)  # forward passes only, except where a trainer enables grad
         return TRAINERS[cfg.train.trainer](ctx)

@@ -59,7 +59,7 @@ class Entry:
 
 
 def header(settings: dict, world_size: int, start_step: int = 0) -> dict:
-    """Line 1: the run's settings (mezo.config.Config.settings(): model, dtype, master weights,
+    """Line 1: the run's settings (mezo.config.Config.settings(): model, dtype, numerics,
     MeZO and schedule settings, data sizes), what a replay or a resume must match."""
     return {"format": FORMAT, "version": VERSION, **settings, "world_size": world_size, "start_step": start_step}
 
@@ -247,19 +247,21 @@ def replay(engine, entries: list[Entry]) -> None:
     """Apply the updates of `entries` to the engine's parameters with the same floating-point
     operations, in the same order, as training did (no forward passes):
 
-    - in-place mode (no master weights) the parameters go through +eps, -2eps, +eps (restore)
+    - numerics "reference" (in place) the parameters go through +eps, -2eps, +eps (restore)
       for every direction, as in training; the restore is not bit-exact in floating point, so
       skipping these sweeps would give different bits;
-    - master-weights mode perturbs only the parameter copy, never theta: updates suffice.
+    - "master" perturbs only the parameter copy and "stochastic" never perturbs the stored
+      parameters at all: the updates suffice (the same update sweeps, rounding bits included).
     Ends with engine.flush(): the parameters hold exactly theta."""
+    in_place = engine.numerics == "reference"
     for e in entries:
-        if not engine.master_weights:
+        if in_place:
             for s in e.seeds:
                 engine.displace(s, +e.eps)
                 engine.displace(s, -e.eps)
         if not e.skipped:
             engine.schedule_coefficients(e.seeds, e.coefs, e.lr, e.wd)
-            if engine.master_weights or not engine.fused:
+            if not in_place or not engine.fused:
                 engine.flush()
     engine.flush()
 

@@ -20,7 +20,7 @@ from mezo.errors import EXIT_PREEMPTED, NonFinite, Preempted
 from mezo.faults import Faults
 from mezo.results import finish
 from mezo.schedule import lr_at, step_seed
-from mezo.telemetry import log
+from mezo.telemetry import log, update_json
 from mezo.zo import ZOEngine
 
 
@@ -28,6 +28,29 @@ def loss_kind(non_diff: bool, task) -> str:
     """"non_diff" (--non_diff), else the task's: "classification" (CE over candidates / label
     words) or "lm" (teacher-forced gold continuation); see mezo.scoring.example_losses."""
     return "non_diff" if non_diff else task.train_loss
+
+
+def schedule_name(engine) -> str:
+    """How a step runs, in words (training.log)."""
+    if engine.numerics == "stochastic":
+        return ("dual forward ([rows; rows], +eps / -eps halves)" if engine.fused else "one forward per sign") + \
+            ", update swept and rounded stochastically"
+    return "fused sweeps" if engine.fused else "plain sweeps"
+
+
+def record_engine(run: Run, engine, failures: list[str]) -> None:
+    """experiment_config.json (and memory_log.json) gain the engine's memory and kernel backend:
+    param_bytes (the weights), engine_state_bytes (what the engine keeps beyond them: fp32
+    masters), zo_backend_selected and zo_backend_fallback (the parity self-check's failures)."""
+    param_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())  # global shapes
+    state = int(D.all_reduce_sum(torch.tensor([engine.state_bytes()], dtype=torch.float64)).item())
+    info = {"numerics": engine.numerics, "param_bytes": param_bytes, "engine_state_bytes": state,
+            "engine_state_fraction": state / param_bytes if param_bytes else 0.0,
+            "zo_backend_selected": engine.backend, "zo_backend_fallback": failures or None}
+    if run.memory is not None:
+        run.memory.info.update(info)
+    if run.main:
+        update_json(os.path.join(run.cfg.output.dir, "experiment_config.json"), info)
 
 
 def finite(grads, losses) -> bool:
@@ -133,15 +156,19 @@ def train(run: Run) -> dict:
     start = restored.start
     if not start:
         run.zero_shot()
-    engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused,
-                                 master_weights=zo.master_weights, decay=models.decays(cfg.model.task_family, "mezo"),
-                                 generator=zo.generator)
-    log.info("MeZO over %d parameter shards (%s, backend %s, %s sweeps, numerics %s)",
-             len(engine.slots), zo.dist, engine.backend, "fused" if engine.fused else "plain", zo.numerics)
+    share = t.batch_size // D.world_size()
+    engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused, numerics=zo.numerics,
+                                 decay=models.decays(cfg.model.task_family, "mezo"),
+                                 row_groups=share // t.forward_batch_size, generator=zo.generator)
+    failures = engine.check_backend() if run.device.type == "cuda" else []  # a kernel never run on this GPU
+    record_engine(run, engine, failures)
+    log.info("MeZO over %d parameter shards (%s, numerics %s, backend %s, %s)", len(engine.slots), zo.dist,
+             engine.numerics, engine.backend, schedule_name(engine))
     resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine)  # master shards, replay
     stream = BatchStream(len(run.splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed,
                          t.forward_batch_size)
-    loss_at = make_loss_fn(model, run.enc, run.splits.train, stream, loss_kind(zo.non_diff, run.task))
+    loss_at = make_loss_fn(model, run.enc, run.splits.train, stream, loss_kind(zo.non_diff, run.task),
+                           batch_shape=engine.numerics == "stochastic")
     n = zo.num_samples
     last = {}  # what the step leaves for after_step: its seeds, gradients, lr, skipped
 
@@ -149,12 +176,14 @@ def train(run: Run) -> dict:
         t0 = time.time()
         lr = lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, i)
         seeds = [step_seed(t.seed, i, j, n) for j in range(n)]
-        grads, losses = engine.step(lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay)
+        grads, losses = engine.step(lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay,
+                                    pair_fn=lambda: loss_at.pair(i))
         skipped = loop.skip_or_stop(engine, i + 1, grads, losses)
         lp, lm = losses[0]
         rec = {"step": i + 1, "loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp,
                "loss_minus": lm, "projected_grad": float(np.mean(grads)), "lr": lr,
-               "step_time_s": time.time() - t0, "seeds": seeds}
+               "step_time_s": time.time() - t0, "time_forward_s": engine.timing["forward"],
+               "time_sweep_s": engine.timing["sweep"], "seeds": seeds}
         if skipped:
             rec["skipped_nonfinite"] = True
         last.update(seeds=seeds, grads=grads, lr=lr, skipped=skipped)

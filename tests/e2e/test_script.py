@@ -31,8 +31,15 @@ def test_run_writes_documented_outputs(tiny, tmp_path):
     assert exp["world_size"] == 1 and exp["task"] == "SST2" and exp["num_params"] > 0
     m = json.load(open(out / "training_metrics.json"))
     assert m["status"] == "completed" and len(m["steps"]) == 6
-    for key in ("loss", "loss_plus", "loss_minus", "projected_grad", "lr", "step_time_s"):
+    for key in ("loss", "loss_plus", "loss_minus", "projected_grad", "lr", "step_time_s", "time_forward_s",
+                "time_sweep_s"):
         assert all(key in s for s in m["steps"])
+    assert all(0 < s["time_forward_s"] <= s["step_time_s"] and 0 <= s["time_sweep_s"] <= s["step_time_s"]
+               for s in m["steps"])
+    # the default numerics keeps nothing beyond the weights; the eager backend needs no self-check
+    assert exp["numerics"] == "stochastic" and exp["engine_state_bytes"] == 0
+    assert exp["param_bytes"] == 4 * exp["num_params"] and exp["zo_backend_selected"] == "eager"
+    assert exp["zo_backend_fallback"] is None
     s0 = m["steps"][0]
     assert s0["projected_grad"] == (s0["loss_plus"] - s0["loss_minus"]) / (2 * 1e-3)  # the engine's formula
     assert m["steps"][0]["lr"] == 1e-3 and m["steps"][3]["lr"] == 1e-3 * (1 - 3 / 6)  # linear decay
@@ -47,6 +54,7 @@ def test_run_writes_documented_outputs(tiny, tmp_path):
     assert f"(step {best['step']}: lowest dev loss {best['dev_loss']:.4f} of 2 evaluations" in r.stdout
     mem = json.load(open(out / "memory_log.json"))
     assert mem["samples"] and mem["peak"]["rss_bytes"] > 10 * 2**20
+    assert mem["param_bytes"] == exp["param_bytes"] and mem["engine_state_bytes"] == 0
     assert "step 6" in (out / "training.log").read_text()
 
 

@@ -4,6 +4,8 @@ loaded: the default model's family comes from the offline package's file name.""
 import dataclasses
 import os
 
+import re
+
 import pytest
 
 from helpers import SAMPLE
@@ -39,23 +41,35 @@ def test_derived_values_are_fields(tmp_path):
     assert _cfg(tmp_path, "--data_dir", "hub").data.data_dir is None
 
 
-@pytest.mark.parametrize("flags,master", [([], False), (["--master_weights"], True), (["--dtype", "bf16"], True),
-                                          (["--dtype", "bf16", "--no_master_weights"], False)])
-def test_master_weights_resolved_per_dtype(tmp_path, flags, master):
-    assert _cfg(tmp_path, *flags).zo.master_weights is master
+@pytest.mark.parametrize("flags,numerics", [
+    ([], "stochastic"), (["--dtype", "bf16"], "stochastic"), (["--dtype", "fp16"], "stochastic"),
+    (["--master_weights"], "master"), (["--dtype", "bf16", "--no_master_weights"], "reference"),
+    (["--numerics", "master", "--master_weights"], "master"), (["--paper_hparams"], "reference"),
+    (["--prefix_tuning"], "reference"), (["--prefix_tuning", "--dtype", "bf16"], "master"),
+    (["--non_diff", "--dtype", "bf16"], "master"), (["--numerics", "stochastic", "--non_diff"], "stochastic")])
+def test_numerics_resolved(tmp_path, flags, numerics):
+    """auto: stochastic wherever the dual forward applies, reference under --paper_hparams; the
+    aliases --master_weights / --no_master_weights name master / reference."""
+    zo = _cfg(tmp_path, *flags).zo
+    assert zo.numerics == numerics and zo.master_weights is (numerics == "master")
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--numerics", "master", "--no_master_weights"], "--no_master_weights (= --numerics reference) contradicts --numerics master"),
+    (["--numerics", "stochastic", "--prefix_tuning"], "prefix tuning's prefixes are read directly by their parent")])
+def test_numerics_contradictions(tmp_path, flags, needle):
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        _cfg(tmp_path, *flags)
 
 
 @pytest.mark.parametrize("flags,numerics", [
-    ([], "reference"),                                        # fp32: in place (unchanged default)
-    (["--dtype", "fp16"], "master"), (["--dtype", "bf16"], "master"),
     (["--dtype", "fp16", "--paper_hparams"], "reference"),   # the reference's mezo.sh --load_float16
     (["--dtype", "fp16", "--paper_hparams", "--numerics", "master"], "master"),  # one flag away
-    (["--dtype", "bf16", "--no_master_weights"], "reference"), (["--master_weights"], "master"),
     (["--dtype", "fp16", "--numerics", "reference"], "reference"),
 ])
-def test_numerics_auto_and_aliases(tmp_path, flags, numerics):
-    """--numerics auto: reference under --paper_hparams and in fp32, master in bf16/fp16; the old
-    flags stay aliases. Before the flag, --paper_hparams in fp16 kept an fp32 master copy."""
+def test_numerics_paper_and_explicit(tmp_path, flags, numerics):
+    """--paper_hparams resolves auto to the reference's in-place numerics (before the flag, fp16
+    kept an fp32 master copy); an explicit --numerics wins; both are recorded."""
     cfg = _cfg(tmp_path, *flags)
     assert (cfg.zo.numerics, cfg.zo.master_weights) == (numerics, numerics == "master")
     assert cfg.settings()["numerics"] == numerics and cfg.flags["numerics"] == numerics
@@ -103,7 +117,8 @@ def test_fp16_backprop_is_mixed_precision(tmp_path):
 def test_settings_are_the_trajectory_header(tmp_path):
     cfg = _cfg(tmp_path, "--seed", "7", "--dtype", "bf16")
     h = T.header(cfg.settings(), world_size=2)
-    assert h["seed"] == 7 and h["master_weights"] is True and h["fused"] is True and h["world_size"] == 2
+    assert h["seed"] == 7 and h["numerics"] == "stochastic" and h["master_weights"] is False
+    assert h["fused"] is True and h["world_size"] == 2
     assert set(resume.MUST_MATCH) <= set(cfg.settings())
 
 
@@ -156,6 +171,18 @@ def test_compatibility_reads_old_manifests():
     with pytest.raises(BadInput, match="--master_weights/--no_master_weights False"):
         resume.check_compatible("ckpt", old, s)
     resume.check_compatible("ckpt", {**old, "use_master": True}, s)
+
+
+def test_resume_refuses_other_numerics_also_from_files_before_the_flag():
+    """A checkpoint or trajectory written before --numerics existed ran reference (fp32 default,
+    --no_master_weights) or master: resuming it with another numerics is refused."""
+    s = {"model_name": "m", "gguf_file": None, **{k: 0 for k in resume.MUST_MATCH}, "numerics": "stochastic",
+         "master_weights": False, "lr_scheduler_type": "constant"}
+    old = {k: v for k, v in s.items() if k != "numerics"}
+    with pytest.raises(BadInput, match="was written with --numerics 'reference', this run has 'stochastic'"):
+        resume.check_compatible("ckpt", old, s)
+    resume.check_compatible("ckpt", old, {**s, "numerics": "reference"})
+    resume.check_compatible("ckpt", {**old, "master_weights": True}, {**s, "numerics": "master", "master_weights": True})
 
 
 def test_every_flag_lands_in_run_config(tmp_path):

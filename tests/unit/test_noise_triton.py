@@ -176,3 +176,77 @@ def test_sweep_uses_the_selected_generator(nt, generator):
     c = x.clone()
     nt.triton_sweep(c, None, *args, **{**kw, "generator": "lowbias32-poly-v2" if generator == "lowbias32-v1" else "lowbias32-v1"})
     assert not torch.equal(c, b)  # the generator is really selected
+
+
+# ---------------------------------------------------------------------------- numerics "stochastic"
+I32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_dual_forward_weights(nt, dist, dtype):
+    """triton_pm == zo._pm_kernel: theta + eps z and theta - eps z from one z, cast once."""
+    theta = torch.randn(3000).to(dtype)
+    want = zo._pm_kernel(theta, I32(777), I32(noise.keys(5, "w")), F32(1e-2), dist=dist, both=True)
+    got = nt.triton_pm(theta, 777, noise.keys(5, "w"), 1e-2, dist=dist, both=True)
+    one = nt.triton_pm(theta, 777, noise.keys(5, "w"), -1e-2, dist=dist, both=False)
+    for a, b in zip(got, want):
+        assert a.dtype == dtype
+        if dist == "rademacher":
+            assert torch.equal(a, b)
+        elif dtype == torch.float32:
+            torch.testing.assert_close(a, b, rtol=Z_RTOL, atol=Z_ATOL)
+        else:  # z within 1e-6 can cross a rounding boundary: at most one ulp of the cast apart
+            torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -7, atol=0)
+    assert one[1] is None and torch.equal(one[0], got[1])  # theta + (-eps) z == theta - eps z
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n_update", [1, 2])
+def test_stochastic_rounding_update_bit_exact(nt, dtype, n_update):
+    """triton_update == zo._update_kernel bit for bit with Rademacher z: the update arithmetic and
+    the stochastic rounding bits (noise.bits_range's twin) agree exactly."""
+    x = torch.randn(3000).to(dtype)
+    ku = torch.stack([I32(noise.keys(5 + j, "w")) for j in range(n_update)])
+    cu = [0.3, -0.2][:n_update]
+    a, b = x.clone(), x.clone()
+    zo._update_kernel(a, I32(777), ku, torch.tensor(cu), F32(1e-3), F32(0.1), I32(noise.keys(5, "w#sr")),
+                      dist="rademacher", n_update=n_update, sr=dtype != torch.float32)
+    nt.triton_update(b, 777, ku, cu, 1e-3, 0.1, noise.keys(5, "w#sr"), dist="rademacher", n_update=n_update,
+                     sr=dtype != torch.float32)
+    assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_update_gaussian_close(nt):
+    x = torch.randn(3000)
+    a, b = x.clone(), x.clone()
+    ku = I32(noise.keys(9, "w"))[None]
+    zo._update_kernel(a, I32(5), ku, torch.tensor([2.0]), F32(1e-2), F32(0.0), I32(noise.keys(9, "w#sr")),
+                      dist="gaussian", n_update=1, sr=False)
+    nt.triton_update(b, 5, ku, [2.0], 1e-2, 0.0, noise.keys(9, "w#sr"), dist="gaussian", n_update=1, sr=False)
+    torch.testing.assert_close(a, b, rtol=Z_RTOL, atol=Z_ATOL)  # z enters scaled by 2e-2
+
+
+def test_stochastic_engine_drop_in(nt, monkeypatch):
+    """Training steps of the stochastic numerics (dual forward + rounded update) on a bf16 model
+    with the Triton kernels in place of the PyTorch ones give the same bits (Rademacher)."""
+    results = []
+    for pm, update in ((zo._pm_kernel, zo._update_kernel), (nt.triton_pm, nt.triton_update)):
+        monkeypatch.setattr(zo, "_pm_kernel", pm)
+        monkeypatch.setattr(zo, "_update_kernel", update)
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+        m = m.to(torch.bfloat16)
+        eng = zo.ZOEngine.from_model(m, dist="rademacher", backend="eager", numerics="stochastic")
+        inp = torch.randn(8, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+
+        def pair():
+            out = m(torch.cat([inp, inp])).float().pow(2)
+            return out[:8].mean().item(), out[8:].mean().item()
+        with torch.no_grad():
+            for step in range(3):
+                eng.step(None, [100 + 2 * step, 101 + 2 * step], 1e-2, 1e-3, 0.1, pair_fn=pair)
+            eng.flush()
+        results.append([p.detach().clone() for p in m.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mezo import noise
+from mezo import noise, zo
 from mezo.zo import ZOEngine, no_decay
 
 
@@ -165,3 +165,236 @@ def test_compiled_backend_matches_eager():
     c, _ = train(False, backend="compile", steps=3)
     assert torch.equal(a, c)  # fused == plain inside the compiled backend too
     assert math.isfinite(sum(ga))
+
+
+# ---------------------------------------------------------------------------- numerics "stochastic"
+class TiedNet(torch.nn.Module):
+    """Embedding -> Linear -> LayerNorm -> tanh -> head tied to the embedding (as SmolLM2, OPT)."""
+
+    def __init__(self, dtype=torch.float32, vocab=40):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(vocab, 16)
+        self.lin = torch.nn.Linear(16, 24)
+        self.norm = torch.nn.LayerNorm(24)
+        self.out = torch.nn.Linear(24, 16)
+        self.head = torch.nn.Linear(16, vocab, bias=False)
+        self.head.weight = self.emb.weight
+        self.to(dtype)
+
+    def forward(self, ids):
+        return self.head(self.out(torch.tanh(self.norm(self.lin(self.emb(ids)))))).mean(1)
+
+
+IDS, LABELS = torch.randint(0, 40, (12, 5), generator=torch.Generator().manual_seed(2)), torch.arange(12) % 40
+
+
+def ce(logits):
+    return torch.nn.functional.cross_entropy(logits.float(), LABELS).item()
+
+
+def plain_reference(steps, n, eps, lr, wd, dist="gaussian", vocab=40):
+    """The plain algorithm, independent of the engine: theta +/- eps z materialised out of place
+    (noise.generate), two forwards each, then the update."""
+    m = TiedNet(vocab=vocab)
+    theta = {k: p.detach().clone() for k, p in m.named_parameters()}  # tied: "emb.weight" only
+    gs, ls = [], []
+    with torch.no_grad():
+        for t in range(steps):
+            seeds = [500 + t * n + j for j in range(n)]
+            zs = [{k: noise.generate(s, k, 0, p.numel(), dist).view_as(p) for k, p in theta.items()} for s in seeds]
+            g = []
+            for z in zs:
+                lp = ce(torch.func.functional_call(m, {k: p + eps * z[k] for k, p in theta.items()}, (IDS,)))
+                lm = ce(torch.func.functional_call(m, {k: p - eps * z[k] for k, p in theta.items()}, (IDS,)))
+                g.append((lp - lm) / (2 * eps))
+                ls.append((lp, lm))
+            gs += g
+            for k, p in theta.items():
+                s = (g[0] / n) * zs[0][k]
+                for j in range(1, n):
+                    s = s + (g[j] / n) * zs[j][k]
+                theta[k] = p - lr * (s + (0.0 if no_decay(k) else wd) * p)
+    return theta, gs, ls
+
+
+def stochastic_run(steps, n, eps, lr, wd, dist="gaussian", dual=True, groups=1, dtype=torch.float32, vocab=40):
+    m = TiedNet(dtype, vocab)
+    eng = ZOEngine.from_model(m, backend="eager", numerics="stochastic", dist=dist, row_groups=groups)
+
+    def pair():  # one forward of [rows; rows]: the first half scored with +eps, the second with -eps
+        out = m(torch.cat([IDS, IDS]))
+        return ce(out[:len(IDS)]), ce(out[len(IDS):])
+    gs, ls = [], []
+    with torch.no_grad():
+        for t in range(steps):
+            g, L = eng.step(lambda: ce(m(IDS)), [500 + t * n + j for j in range(n)], lr, eps, wd,
+                            pair_fn=pair if dual else None)
+            gs += g
+            ls += L
+        eng.flush()
+    return m, eng, gs, ls
+
+
+@pytest.mark.parametrize("n,dual,groups,dist", [(1, True, 1, "gaussian"), (1, True, 3, "gaussian"),
+                                                (2, True, 2, "rademacher"), (1, False, 1, "gaussian")])
+def test_stochastic_schedule_equals_plain_algorithm_fp32(n, dual, groups, dist):
+    """The dual forward (+eps and -eps halves of one batch, z once per leaf, groups of rows) and
+    the one-forward-per-sign variant give the plain algorithm's losses, g's and parameters, bit
+    for bit: the same float operations per element (theta + eps*z in fp32, per-half GEMMs of the
+    same shapes, the tied head and embedding sharing one z)."""
+    theta, g_ref, l_ref = plain_reference(4, n, 1e-3, 0.05, 0.1, dist)
+    m, eng, gs, ls = stochastic_run(4, n, 1e-3, 0.05, 0.1, dist, dual, groups)
+    assert ls == l_ref and gs == g_ref
+    for k, p in m.named_parameters():
+        assert torch.equal(p, theta[k]), k
+    assert m.head.weight is m.emb.weight and not torch.equal(theta["emb.weight"], TiedNet().emb.weight)
+
+
+def test_dual_forward_z_evaluations_per_step():
+    """Two z evaluations per element per step: one shared by +eps and -eps (plus the embedding's
+    looked-up rows, once more: here the span from the first to the last, closer than RUN_COST),
+    one for the update; one forward per sign costs three."""
+    m = TiedNet()
+    numel = sum(p.numel() for p in m.parameters())
+    rows = (IDS.max() - IDS.min() + 1).item() * 16
+    _, eng, _, _ = stochastic_run(3, 1, 1e-3, 0.05, 0.0)
+    assert eng.z_elements == 3 * (2 * numel + rows)
+    _, eng, _, _ = stochastic_run(3, 1, 1e-3, 0.05, 0.0, dual=False)
+    assert eng.z_elements == 3 * (3 * numel + 2 * rows)
+
+
+def test_chunked_linear_equals_plain(monkeypatch):
+    """A Linear bigger than CHUNK is perturbed and multiplied in row chunks of its weight (256
+    rows or a multiple): each output feature is the dot product of its own weight row, which BLAS
+    sums over K the same way for any number of rows from 256 on (measured on x86_64 with MKL for
+    the SmolLM2 / OPT head shapes; with 6-row chunks it does not), so the chunks give the
+    unchunked bits."""
+    theta, g_ref, l_ref = plain_reference(2, 1, 1e-3, 0.05, 0.1, vocab=1024)
+    monkeypatch.setattr(zo, "CHUNK", 4096)  # the 1024 x 16 head in 4 chunks of 256 rows
+    m, _, gs, ls = stochastic_run(2, 1, 1e-3, 0.05, 0.1, vocab=1024)
+    assert ls == l_ref and gs == g_ref
+    assert torch.equal(m.emb.weight, theta["emb.weight"])
+
+
+def test_stochastic_lr_zero_keeps_bf16_weights_bit_identical_for_10000_steps():
+    """theta is never perturbed in place, and an update with lr 0 rounds back to itself: 10,000
+    bf16 steps (real dual forwards, weight decay on) leave every bit as it was. The in-place
+    reference numerics drift here (+eps, -2eps, +eps does not round back in bf16)."""
+    def model():  # cheap leaves (bf16 GEMMs and norms of tiny shapes cost milliseconds on CPU)
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.PReLU()).to(torch.bfloat16)
+    x = torch.randint(0, 8, (6, 3), generator=torch.Generator().manual_seed(0))
+    m = model()
+    before = [p.detach().clone() for p in m.parameters()]
+    eng = ZOEngine.from_model(m, backend="eager", numerics="stochastic")
+
+    def pair():
+        out = m(torch.cat([x, x])).float().pow(2).mean((1, 2))
+        return out[:6].sum().item(), out[6:].sum().item()
+    gs = []
+    with torch.no_grad():
+        for t in range(10_000):
+            gs += eng.step(None, [t], 0.0, 1e-2, 0.1, pair_fn=pair)[0]
+        eng.flush()
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert sum(g != 0.0 for g in gs) > 9000  # real directions, real loss differences
+    ref = model()
+    eng = ZOEngine.from_model(ref, backend="eager", numerics="reference")
+    with torch.no_grad():
+        eng.step(lambda: ref(x).float().pow(2).sum().item(), [0], 0.0, 1e-2, 0.1)
+        eng.flush()
+    assert not all(torch.equal(a, b) for a, b in zip(before, ref.parameters()))
+
+
+def test_stochastic_rounding_keeps_small_updates():
+    """bf16 weights, updates 10x below half an ulp: round to nearest never moves a weight, while
+    stochastic rounding moves them as fp32 does in expectation. The update here is weight decay
+    (deterministic: theta_T = theta_0 (1 - lr wd)^T) plus a random direction that the fp32 and
+    bf16 runs share; measured by the least-squares shrink factor c = <theta_T, theta_0> / |theta_0|^2."""
+    torch.manual_seed(0)
+    w0 = (torch.rand(4096) + 0.5).to(torch.bfloat16)  # |w| in [0.5, 1.5]: bf16 ulp 2^-8 .. 2^-7
+    runs = {}
+    for name, dtype, numerics in (("fp32", torch.float32, "stochastic"), ("sr", torch.bfloat16, "stochastic"),
+                                  ("rn", torch.bfloat16, "reference")):
+        m = torch.nn.Linear(4096, 1, bias=False)
+        with torch.no_grad():
+            m.weight.copy_(w0.float()[None])
+        m.to(dtype)
+        eng = ZOEngine.from_model(m, backend="eager", numerics=numerics, decay=lambda n: True)
+        for t in range(500):
+            # lr * wd = 2e-4 of |w| (<= 1/19 of an ulp), lr * g * |z| ~ 1e-5: RN never moves
+            eng.schedule_coefficients([t], [1.0], 1e-5, 20.0)
+            eng.flush()
+        runs[name] = m.weight.detach().float().flatten()
+    x0 = w0.float()
+    c = {k: float((v * x0).sum() / (x0 * x0).sum()) for k, v in runs.items()}
+    assert torch.equal(runs["rn"], x0)  # round to nearest: no weight ever moves
+    assert abs(c["fp32"] - 0.9998 ** 500) < 1e-3  # 0.905: the decay (the shared direction averages out)
+    # each stochastic rounding adds zero-mean noise of variance <= ulp^2 / 4; over 500 steps and
+    # 4096 weights that moves c by a standard deviation <= sqrt(500) / 2 * 2^-7 / sqrt(4096) = 0.0014
+    assert abs(c["sr"] - c["fp32"]) < 0.01
+    assert (runs["sr"] != x0).float().mean() > 0.9  # the bf16 weights really moved
+
+
+def test_stochastic_round_is_unbiased_and_exact_on_representable_values():
+    v = torch.full((100_000,), 1.0 + 2 ** -10)  # 1/8 of the way from 1 to the next bf16 (1 + 2^-7)
+    bits = noise.bits_range(torch.tensor(0, dtype=torch.int32), v.numel(), torch.tensor(noise.keys(1, "x#sr"),
+                                                                                          dtype=torch.int32))
+    r = zo.stochastic_round(v, bits, torch.bfloat16).float()
+    assert set(r.unique().tolist()) == {1.0, 1.0 + 2 ** -7}
+    # P(up) = 1/8: the mean of 100,000 draws has standard deviation sqrt(p (1 - p) / n) = 0.001 (x 2^-7)
+    assert abs((r.mean().item() - 1.0) / 2 ** -7 - 0.125) < 0.005
+    w = torch.randn(1000).to(torch.bfloat16)
+    assert torch.equal(zo.stochastic_round(w.float(), bits[:1000], torch.bfloat16), w)
+    neg = zo.stochastic_round(-v, bits, torch.bfloat16).float()
+    assert torch.equal(neg, -r)  # the magnitude is rounded: symmetric in sign
+    h = zo.stochastic_round(torch.tensor([1.0 + 2 ** -13, float("inf"), float("nan")]), bits[:3], torch.float16)
+    assert h[0].item() in (1.0, 1.0 + 2 ** -10) and h[1].item() == float("inf") and h[2].isnan()
+
+
+def test_stochastic_needs_every_parameter_inside_a_splittable_module():
+    class Direct(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.scale = torch.nn.Parameter(torch.ones(4))  # used by the parent itself
+
+        def forward(self, x):
+            return self.lin(x) * self.scale
+    with pytest.raises(ValueError, match="scale is not owned by such a module"):
+        ZOEngine.from_model(Direct(), backend="eager", numerics="stochastic")
+    ZOEngine.from_model(Direct(), backend="eager", numerics="master")  # the fallback works
+
+
+def test_parity_self_check_falls_back(caplog):
+    """The self-check compares a backend's kernels with the eager PyTorch path on a small tensor:
+    here the real compiled (C++) kernel against eager on CPU. With the default comparison
+    (Gaussian z within 1e-6) it passes; a comparison that rejects every output fails it (whether
+    inductor's code matches ATen's to the last bit depends on the CPU, so a bit-exact comparison
+    would pass on some machines and fail on others), and the engine falls back to eager with one
+    warning line."""
+    pytest.importorskip("torch._inductor")
+    cpu = torch.device("cpu")
+    assert zo.select_backend("compile", cpu, "gaussian", "stochastic") == ("compile", [])
+    reject = lambda dist, got, want: False  # noqa: E731  (rejects every output)
+    with caplog.at_level("WARNING", logger="mezo"):
+        chosen, failures = zo.select_backend("compile", cpu, "gaussian", "stochastic", compare=reject)
+    assert chosen == "eager" and len(failures) == 1 and failures[0].startswith("compile: theta + eps z differs")
+    assert [r.getMessage() for r in caplog.records if r.name == "mezo"] == [
+        f"MeZO kernel backend compile failed its parity self-check ({failures[0][9:]}): using eager"]
+    eng = ZOEngine.from_model(tiny_net(), backend="compile", numerics="stochastic")
+    assert eng.check_backend(compare=reject) == failures and eng.backend == "eager"
+
+
+def test_parity_self_check_catches_a_kernel_that_cannot_run(monkeypatch):
+    """Triton kernels launched on CPU tensors (no GPU, no interpreter) fail: the check reports the
+    error, and select_backend moves on to the next backend."""
+    pytest.importorskip("triton")
+    import importlib
+
+    import mezo.noise_triton
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # tests/unit/test_noise_triton.py sets it
+    importlib.reload(mezo.noise_triton)  # kernels built for a GPU (jit reads the variable when defined)
+    why = zo.parity_check("triton", torch.device("cpu"), "rademacher", "reference")
+    assert why is not None and "Error" in why.split(":")[0]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mezo import distributed as D, models, peft_modes, telemetry
+from mezo import distributed as D, models, peft_modes, resume, telemetry
 from mezo.config import Config
 from mezo.evaluation import evaluate, evaluate_with_loss
 from mezo.results import headline
@@ -131,6 +131,7 @@ def build(cfg: Config) -> Run:
     model, tok = models.load(m.name, m.gguf_file, weights_dtype(cfg), device, m.task_family, tok=tok,
                              tie_emb=m.tie_emb)
     base = {"base_model": m.name, "base_fingerprint": models.fingerprint(model, models.DTYPES[m.dtype])}
+    resume.check_base(cfg.checkpoint.plan, base)  # before the output folder is touched
     # LoRA / prefix / frozen (linear probe), before sharding
     model = peft_modes.prepare(cfg.peft, cfg.train.trainer, cfg.train.seed, model, tok)
     if D.launched_distributed():

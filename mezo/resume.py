@@ -168,6 +168,20 @@ def plan(resume_from: str | None, resume_trajectory: str | None, output_dir: str
     return ResumePlan(ckpt, tail, traj)
 
 
+def check_base(p: ResumePlan, base: dict) -> None:
+    """BadInput when the plan replays a trajectory from the base model (no checkpoint holds the
+    weights) and this run's base weights are not those it was trained from (the header's
+    fingerprint, mezo.models.fingerprint); trajectories written before the fingerprint pass."""
+    if not p.trajectory:
+        return
+    header = T.read(p.trajectory, allow_truncated=True)[0]
+    want = header.get("base_fingerprint")
+    if want and want != base["base_fingerprint"]:
+        raise BadInput(f"{p.trajectory}: trained from {header.get('base_model')!r} with weights fingerprint {want}; "
+                       f"--model_name {base['base_model']!r} has {base['base_fingerprint']}: a resumed run replays "
+                       f"onto the same base weights")
+
+
 # ---------------------------------------------------------------------------- carrying out the plan
 @dataclass
 class Restored:

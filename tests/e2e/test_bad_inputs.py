@@ -217,6 +217,16 @@ def finished_only(w, t):
     return out
 
 
+def trajectory_of_other_weights(w, t):
+    """The run's trajectory as if the model folder it names had been replaced by other weights
+    (a hub revision or a folder overwritten since): the header names w.other, the fingerprint is
+    still w.tiny's."""
+    lines = open(os.path.join(w.run, "trajectory.jsonl")).read().splitlines(keepends=True)
+    lines[0] = json.dumps({**json.loads(lines[0]), "model_name": w.other}) + "\n"
+    _write(os.path.join(t, "trajectory.jsonl"), "".join(lines))
+    return os.path.join(t, "trajectory.jsonl")
+
+
 def train_in(argv_tail, needle, names, id, **kw):
     return T(id, lambda w, t: ["--model_name", w.tiny, "--data_dir", w.data["ok"], "--output_dir", with_run(w, t),
                                *FAST, *argv_tail(w, t)], needle, names, **kw)
@@ -237,6 +247,10 @@ ROWS = [
                                                  os.path.join(w.run, "checkpoints", "step_2"), *FAST],
       "only MeZO runs resume", "--resume_from_checkpoint"),
     train_in(lambda w, t: ["--zero_shot"], "holds a run", "--output_dir", "zero_shot_into_a_run"),
+    T("resume_trajectory_onto_other_base_weights",
+      lambda w, t: ["--model_name", w.other, "--data_dir", w.data["ok"], "--output_dir", f"{t}/out",
+                    "--resume_trajectory", trajectory_of_other_weights(w, t), *FAST],
+      "a resumed run replays onto the same base weights", lambda w, t: f"{t}/trajectory.jsonl"),
     T("auto_into_a_finished_run_with_nothing_to_resume",
       lambda w, t: ["--model_name", w.tiny, "--data_dir", w.data["ok"], "--output_dir", finished_only(w, t),
                     "--resume_from_checkpoint", "auto", *FAST],

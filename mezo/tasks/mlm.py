@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mezo.errors import BadInput
+from mezo.telemetry import log
 from mezo.tasks.base import Sample, Splits, Task
 from mezo.tasks.templates import MLM
 
@@ -191,6 +192,11 @@ def kshot_rows(task: MLMTask, rows: list[dict], k: int, seed: int) -> tuple[list
     groups: dict[int, list[dict]] = {}
     for r in rows:
         groups.setdefault(task.label(r), []).append(r)
+    short = {label: len(g) for label, g in groups.items() if len(g) < 2 * k}
+    if short:  # LM-BFF's generator takes what there is without a word; the splits are then unbalanced
+        log.warning("%s: k=%d per class needs %d train rows per class (train + dev); %s: train and dev get "
+                    "fewer, unbalanced", task.name, k, 2 * k,
+                    ", ".join(f"class {label} has {n}" for label, n in sorted(short.items())))
     train = [r for g in groups.values() for r in g[:k]]
     dev = [r for g in groups.values() for r in g[k:2 * k]]
     return train, dev

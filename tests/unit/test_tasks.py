@@ -428,3 +428,23 @@ def test_lmbff_keeps_the_mask_where_the_tail_cut_would_drop_it(mlm_tok):
     e = Encoder(mlm_tok, 512, family="mlm").encode(task.sample(r))
     assert len(e.prompt) == 256 and e.prompt[0] == mlm_tok.cls_token_id
     assert e.prompt[e.mask_pos] == mlm_tok.mask_token_id and e.prompt[-1] == mlm_tok.sep_token_id
+
+
+def test_kshot_warns_when_a_class_has_fewer_than_2k_rows(caplog):
+    """k per class for train and k for dev: a class with fewer rows gives unbalanced splits, said
+    in one warning line naming the class and its count (LM-BFF's generator is silent)."""
+    sst2 = get_task("SST-2", family="mlm")
+    pos = [{"sentence": f"good {i}", "label": 1} for i in range(40)]
+    neg = [{"sentence": f"bad {i}", "label": 0} for i in range(20)]
+    with caplog.at_level("WARNING", logger="mezo"):
+        tr, dv = kshot_rows(sst2, pos + neg, 16, 13)
+    from collections import Counter
+    assert Counter(sst2.label(r) for r in tr) == {0: 16, 1: 16}
+    assert Counter(sst2.label(r) for r in dv) == {0: 4, 1: 16}
+    msgs = [r.getMessage() for r in caplog.records if r.name == "mezo"]
+    assert msgs == ["SST-2: k=16 per class needs 32 train rows per class (train + dev); class 0 has 20: "
+                    "train and dev get fewer, unbalanced"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mezo"):
+        kshot_rows(sst2, pos + neg, 8, 13)
+    assert not [r for r in caplog.records if r.name == "mezo"]

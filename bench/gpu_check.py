@@ -163,12 +163,19 @@ def stash_pieces(log: Log, stash: str = STASH, sources: str = PIECES_DIR) -> Non
     the stash, which outlives the call while the machine stays warm."""
     if not os.path.isdir(sources):
         return
+    joined = read_json(os.path.join(stash, "pieces", "manifest.json"))
+    if joined and os.path.isfile(os.path.join(stash, "site", joined["package"], joined["file"])):
+        joined = {p["name"] for p in joined["pieces"]}  # the whole file is there: its pieces are not needed
+    else:
+        joined = set()
     for sub in sorted(os.listdir(sources)):
         folder = os.path.join(sources, sub)
         if not os.path.isdir(folder):
             continue
         for name in sorted(os.listdir(folder)):
             src = os.path.join(folder, name)
+            if name in joined:
+                continue
             kind = "wheels" if name.endswith(".whl") else "pieces"
             dst = os.path.join(stash, kind, name)
             if os.path.isfile(src) and not (os.path.exists(dst) and os.path.getsize(dst) == os.path.getsize(src)):

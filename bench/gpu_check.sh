@@ -44,9 +44,15 @@
 #   `python bench/export_default_model.py safetensors --out DIR --max_shard_size 30MB`, which needs
 #   several calls' worth of carrying), --gguf FILE.
 #
+# Checked on CPU (no GPU lent yet): --tiny passes, also with transformers 5.17.0 and huggingface_hub
+# 1.33.0 (the GPU image's versions), under which the default model loads with the same weights
+# fingerprint, tokens and logits as under 5.24; the two-call piece route joined the file and the default
+# run started from it (zero-shot test accuracy 0.505, as section 2 of BENCHMARKS.md). Not checked: torch
+# 2.11 / Python 3.12, Triton code generation and nccl on a real GPU (which is what part 1 is for).
+#
 # Options (bench/gpu_check.py --help): --tiny (every part on the CPU with tiny sizes: gloo instead of
-# nccl, Triton parity under TRITON_INTERPRET=1, a tiny model for the default run; about 2-3 minutes on
-# 2 cores), --parts 1,2,3, --budget_s 540 (the parts run in this call; part 3 fits itself to what is
+# nccl, Triton parity under TRITON_INTERPRET=1, a tiny model for the default run; 1-2 minutes on 2
+# shared cores), --parts 1,2,3, --budget_s 540 (the parts run in this call; part 3 fits itself to what is
 # left), --default_steps, --sizes, --repeats, --out, --merge_earlier (add the parts an earlier call on
 # the same warm machine measured). Exit 0 when every part that ran passed.
 set -u

@@ -12,9 +12,9 @@ from bench import bench_gpu_step, gpu_check
 from bench.export_default_model import sha256, split
 
 
-def test_pieces_join_only_when_all_are_there():
+def test_pieces_join_only_when_all_are_there(tmp_path):
     """split -> stash (one call with piece 1, the next with piece 2) -> join, sha256 checked."""
-    assert gpu_check.pieces_selftest(os.environ.get("TMPDIR", "/tmp") + f"/gpu_check_test_{os.getpid()}") == "ok"
+    assert gpu_check.pieces_selftest(str(tmp_path)) == "ok"
 
 
 def test_corrupt_piece_is_refused(tmp_path):

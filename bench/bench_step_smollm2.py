@@ -24,6 +24,8 @@ ns per element (one z evaluation each): the dual-forward weights and the update.
 
     python bench/bench_step_smollm2.py                       # 6 timed steps after 2 warm-up steps
     python bench/bench_step_smollm2.py --steps 10 --json bench/results/step_smollm2.json
+    python bench/bench_step_smollm2.py --device cuda --steps 20   # on a GPU (Triton kernels; forwards of 16)
+    python bench/bench_step_smollm2.py --model_name DIR --steps 2 --warmup 1   # another model (smoke tests)
 """
 from __future__ import annotations
 
@@ -47,12 +49,17 @@ from mezo.splits import build_splits  # noqa: E402
 from mezo.tasks import get_task  # noqa: E402
 
 
-def kernel_ns(backend: str, n: int = zo.CHUNK, repeats: int = 5) -> dict:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernel_ns(backend: str, n: int = zo.CHUNK, repeats: int = 5, device=torch.device("cpu")) -> dict:
     """ns per element of one call of each stochastic-numerics kernel on n fp32 elements."""
     k = zo.kernels(backend)
-    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
-    f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-    x = torch.randn(n)
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=device)  # noqa: E731
+    x = torch.randn(n).to(device)
     keys, ksr = i32(noise.keys(1, "w")), i32(noise.keys(1, "w#sr"))
     calls = {"dual weights (theta +/- eps z)": lambda: k.pm(x, i32(0), keys, f32(1e-3), dist="gaussian", both=True),
              "update (fp32)": lambda: k.update(x, i32(0), keys[None], f32([0.0]), f32(0.0), f32(0.0), ksr,
@@ -62,8 +69,10 @@ def kernel_ns(backend: str, n: int = zo.CHUNK, repeats: int = 5) -> dict:
         fn()
         ts = []
         for _ in range(repeats):
+            sync(device)
             t0 = time.perf_counter()
             fn()
+            sync(device)
             ts.append(time.perf_counter() - t0)
         out[name] = statistics.median(ts) / n * 1e9
     return out
@@ -73,17 +82,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=6, help="timed steps (rounds)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (kernel compilation)")
-    p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager", "triton"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the GPU when there is one (as the training script), else the CPU")
+    p.add_argument("--model_name", default=None, help="another model than the default (as accelerate_mezo.py)")
+    p.add_argument("--gguf_file", default=None, help="GGUF file inside --model_name's folder")
     p.add_argument("--no_reference", action="store_true", help="skip the reference-numerics engine (saves a model copy)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args()
 
-    cfg = config.parse(["--output_dir", os.path.join("outputs", "bench_step_smollm2"), "--zo_backend", a.backend])
+    from mezo import distributed as D
+    device = D.device() if a.device == "auto" else torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    flags = ["--output_dir", os.path.join("outputs", "bench_step_smollm2"), "--zo_backend", a.backend]
+    flags += ["--model_name", a.model_name] if a.model_name else []
+    flags += ["--gguf_file", a.gguf_file] if a.gguf_file else []
+    cfg = config.parse(flags)
     t, zc = cfg.train, cfg.zo
     task = get_task(cfg.data.task_name, family="causal", text_column=None)
     splits, _ = build_splits(cfg.data, task)
     t0 = time.time()
-    model, tok = models.load(cfg.model.name, cfg.model.gguf_file, "fp32", torch.device("cpu"))
+    model, tok = models.load(cfg.model.name, cfg.model.gguf_file, "fp32", device)
     print(f"model loaded in {time.time() - t0:.1f}s", flush=True)
     torch.set_grad_enabled(False)
     enc = make_encoder(tok, model, cfg.model.max_length)
@@ -92,6 +112,7 @@ def main() -> None:
     padded = make_loss_fn(model, enc, splits.train, stream, "classification", batch_shape=True)
     groups = t.batch_size // t.forward_batch_size
     sto = zo.ZOEngine.from_model(model, dist=zc.dist, backend=zc.backend, numerics="stochastic", row_groups=groups)
+    fallback = sto.check_backend() if device.type == "cuda" else []  # as the trainer: parity first
     numel = sum(s.local.numel() for s in sto.slots)
     methods = {
         "2 forwards": lambda i: (plain(i), plain(i)),
@@ -111,8 +132,10 @@ def main() -> None:
     for i in range(a.warmup + a.steps):
         for m, fn in methods.items():
             z0 = sto.z_elements
+            sync(device)
             t0 = time.perf_counter()
             fn(i)
+            sync(device)
             dt = time.perf_counter() - t0
             if i >= a.warmup:
                 times[m].append(dt)
@@ -123,11 +146,12 @@ def main() -> None:
         print(f"step {i}: " + ", ".join(f"{m} {times[m][-1]:.3f}s" for m in methods if times[m]), flush=True)
     med = {m: statistics.median(v) for m, v in times.items()}
     base = med["2 forwards"]
-    ns = kernel_ns(sto.backend)
+    ns = kernel_ns(sto.backend, device=device)
     rows = [{"method": m, "median_s": med[m], "ratio": med[m] / base,
              "overhead_ns_per_param": (med[m] - base) / numel * 1e9} for m in methods]
-    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"backend {sto.backend}; SmolLM2-135M fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"\n{where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"backend {sto.backend}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
           f"forwards of {t.forward_batch_size}; median of {a.steps} interleaved steps after {a.warmup} warm-up\n")
     print("| method | median step (s) | vs 2 forwards | overhead (ns / parameter) |")
     print("|---|---:|---:|---:|")
@@ -142,6 +166,8 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"model": cfg.model.name, "numel": numel, "backend": sto.backend, "threads": torch.get_num_threads(),
+                       "device": where, "parity_fallback": fallback or None, "batch_size": t.batch_size,
+                       "forward_batch_size": t.forward_batch_size,
                        "steps": a.steps, "rows": rows, "split_s": {"forward": f, "sweep": s},
                        "z_evaluations_per_step": statistics.median(z_per_step), "kernel_ns_per_element": ns,
                        "times": times}, fh, indent=1)

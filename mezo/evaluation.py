@@ -8,7 +8,9 @@ the same way). The first key is the task's headline metric.
 
 Samples are sorted by prompt length (longest first, stable) so that a batch pads little, and cut
 into batches at fixed places (mezo.batches.rank_batches): every batch, hence every prediction,
-is the same on any number of ranks. Under FSDP2 every rank runs the same number of forwards
+is the same on any number of ranks. On one process on CPU, a scored batch is further cut into
+forwards of rows of near-equal length (`split_for_padding`): a forward's cost there is its padded
+tokens, and a batch of 16 RTE prompts padded to its longest was 59% padding. Under FSDP2 every rank runs the same number of forwards
 (a rank that runs out scores a dummy batch whose predictions are ignored); generation keeps
 ranks in lockstep step by step. Per-sample metric values are assembled with one all-reduce
 (one rank contributes each entry, so the sum is exact) and averaged with math.fsum.
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from mezo import distributed as D
 from mezo.batches import rank_batches
-from mezo.scoring import Encoder, example_losses, generate, sample_metric, scores
+from mezo.scoring import Encoder, example_losses, generate, sample_metric, scores, scored_rows
 
 # transformers.TrainingArguments.per_device_eval_batch_size's default; the reference's scripts
 # (large_models/mezo.sh, finetune.sh) do not set it, and its runs use one process
@@ -46,6 +48,43 @@ def hf_eval_loss(values, counts, batch: int = HF_EVAL_BATCH) -> float:
     parts = [len(values[i:i + batch]) * (math.fsum(values[i:i + batch]) / max(math.fsum(counts[i:i + batch]), 1.0))
              for i in range(0, n, batch)]
     return math.fsum(parts) / n
+
+
+# The cost of one more forward on CPU, in padded tokens of the default model: the per-forward
+# work (Python, one pass over the weights) that splitting a batch adds (BENCHMARKS.md 3.1)
+CPU_FORWARD_OVERHEAD_TOKENS = 32
+
+
+def split_for_padding(rows: list[list[int]], overhead: int = CPU_FORWARD_OVERHEAD_TOKENS) -> list[int]:
+    """Where to cut a batch of samples, in order, into forwards: `rows[i]` holds the lengths of
+    sample i's rows (one per candidate, or one); a forward costs `overhead` plus its rows times
+    its longest row. Returns the start index of each forward, the cheapest cut (dynamic
+    programming over the contiguous cuts; the batch is length-sorted, so these suffice)."""
+    n = len(rows)
+    best = [0.0] + [float("inf")] * n    # best[j]: cheapest cost of the first j samples
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest, count = 0, 0
+        for i in range(j - 1, -1, -1):      # the last forward holds samples i..j-1
+            longest, count = max(longest, *rows[i]), count + len(rows[i])
+            c = best[i] + overhead + count * longest
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    starts, j = [], n
+    while j > 0:
+        starts.append(cut[j])
+        j = cut[j]
+    return starts[::-1]
+
+
+def _batch_scores(model, enc: Encoder, run) -> list[torch.Tensor]:
+    """mezo.scoring.scores of `run`, in forwards cut by split_for_padding on one CPU process (under
+    several processes every rank runs the same number of forwards, as FSDP2 needs: one)."""
+    device = next(model.parameters()).device
+    if D.world_size() > 1 or device.type != "cpu" or len(run) < 2:
+        return scores(model, enc, run)
+    starts = split_for_padding([scored_rows(enc, s) for s in run], CPU_FORWARD_OVERHEAD_TOKENS) + [len(run)]
+    return [sc for a, b in zip(starts, starts[1:]) for sc in scores(model, enc, run[a:b])]
 
 
 def _loss_pass(model, enc: Encoder, samples, order, batch_size: int, kind: str) -> torch.Tensor:
@@ -83,7 +122,7 @@ def evaluate_with_loss(model, enc: Encoder, samples, batch_size: int, loss: str 
         if gen:
             preds = generate(model, enc, run, sync=D.sync_counts if D.world_size() > 1 else None)
         else:
-            sc = scores(model, enc, run)
+            sc = _batch_scores(model, enc, run)
             preds = [int(s.argmax()) for s in sc]
         for j, (i, p) in enumerate(zip(batch, preds)):
             m = sample_metric(samples[i], p)

@@ -232,6 +232,17 @@ def candidate_scores(model, enc: Encoder, samples: list[Sample], shape: Shape | 
     return out
 
 
+def scored_rows(enc: Encoder, s: Sample) -> list[int]:
+    """The lengths of the rows `scores` runs for sample s: its prompt (mlm; causal with
+    single-token candidates, all after one prompt), else prompt + candidate, one per candidate."""
+    e = enc.encode(s)
+    if enc.family == "mlm":
+        return [len(e.prompt)]
+    if all(len(c) == 1 for c in e.cands):
+        return [len(e.prompt_for(1))]
+    return [len(e.prompt_for(len(c))) + len(c) for c in e.cands]
+
+
 def mask_logits(model, enc: Encoder, samples: list[Sample], shape: Shape | None = None) -> list[torch.Tensor]:
     """MLM: the label-word logits at the mask, one tensor [n_words] per sample (right-padded batch;
     only the mask positions go through the MLM head of a Hugging Face *ForMaskedLM)."""

@@ -129,6 +129,30 @@ def test_batched_candidate_scores_match_one_forward_per_candidate(loaded):
                 torch.testing.assert_close(sc, torch.stack(ref))
 
 
+@pytest.mark.parametrize("overhead", [32, 0])   # 0: a forward per distinct length
+def test_evaluation_forwards_cut_by_length_score_as_one_forward_per_candidate(loaded, overhead, monkeypatch):
+    """On one CPU process evaluation cuts a length-sorted batch into forwards of near-equal rows
+    (mezo.evaluation.split_for_padding); the scores are still the batch-1 reference's."""
+    from mezo import evaluation
+    from mezo.evaluation import _batch_scores, split_for_padding
+    monkeypatch.setattr(evaluation, "CPU_FORWARD_OVERHEAD_TOKENS", overhead)
+    # 16 RTE prompt lengths of the real data: one forward pads 59%, the cut 7%
+    lens = [213, 198, 152, 132, 86, 84, 66, 64, 58, 57, 55, 51, 50, 46, 37, 35]
+    assert split_for_padding([[x] for x in lens]) == [0, 2, 4, 6, 11]
+    assert split_for_padding([[20]] * 8) == [0]                       # equal rows: one forward
+    assert split_for_padding([[10, 12], [9, 9], [3, 4]], overhead=0) == [0, 1, 2]
+    model, tok = loaded
+    enc = Encoder(tok, 256)
+    for name in ("Copa", "RTE", "ReCoRD"):
+        _, sp = _splits(name, n_eval=6)
+        run = sorted(sp.test, key=lambda s: -len(enc(s)[0]))
+        with torch.no_grad():
+            for s, sc in zip(run, _batch_scores(model, enc, run)):
+                ref = candidate_scores(model, enc, [s])[0]
+                # other GEMM shapes, other rounding: torch.testing's float32 defaults
+                torch.testing.assert_close(sc, ref)
+
+
 def test_lm_loss_is_teacher_forced_on_the_gold_tokens_only(loaded):
     model, tok = loaded
     enc = Encoder(tok, 256)

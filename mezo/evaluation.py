@@ -8,9 +8,10 @@ the same way). The first key is the task's headline metric.
 
 Samples are sorted by prompt length (longest first, stable) so that a batch pads little, and cut
 into batches at fixed places (mezo.batches.rank_batches): every batch, hence every prediction,
-is the same on any number of ranks. On one process on CPU, a scored batch is further cut into
-forwards of rows of near-equal length (`split_for_padding`): a forward's cost there is its padded
-tokens, and a batch of 16 RTE prompts padded to its longest was 59% padding. Under FSDP2 every rank runs the same number of forwards
+is the same on any number of ranks. On CPU a scored batch is further cut into forwards of rows
+of near-equal length (`split_for_padding`, a function of the batch alone, so the same on any
+number of ranks): a forward's cost there is its padded tokens, and a batch of 16 RTE prompts
+padded to its longest was 59% padding. Under FSDP2 every rank runs the same number of forwards
 (a rank that runs out scores a dummy batch whose predictions are ignored); generation keeps
 ranks in lockstep step by step. Per-sample metric values are assembled with one all-reduce
 (one rank contributes each entry, so the sum is exact) and averaged with math.fsum.
@@ -78,13 +79,19 @@ def split_for_padding(rows: list[list[int]], overhead: int = CPU_FORWARD_OVERHEA
 
 
 def _batch_scores(model, enc: Encoder, run) -> list[torch.Tensor]:
-    """mezo.scoring.scores of `run`, in forwards cut by split_for_padding on one CPU process (under
-    several processes every rank runs the same number of forwards, as FSDP2 needs: one)."""
+    """mezo.scoring.scores of `run`, on CPU in the forwards split_for_padding cuts it into. The
+    cut depends on the batch alone, and a batch is scored whole by one rank, so the forwards are
+    the same on any number of ranks; a rank with fewer forwards than another runs dummy ones
+    (FSDP2 all-gathers in every forward, so every rank must run as many)."""
     device = next(model.parameters()).device
-    if D.world_size() > 1 or device.type != "cpu" or len(run) < 2:
-        return scores(model, enc, run)
-    starts = split_for_padding([scored_rows(enc, s) for s in run], CPU_FORWARD_OVERHEAD_TOKENS) + [len(run)]
-    return [sc for a, b in zip(starts, starts[1:]) for sc in scores(model, enc, run[a:b])]
+    starts = split_for_padding([scored_rows(enc, s) for s in run]) if device.type == "cpu" and len(run) > 1 else [0]
+    bounds = list(zip(starts, starts[1:] + [len(run)]))
+    # agreed before any forward: a rank in this collective while another all-gathers weights would hang
+    most = int(D.all_gather_cat(torch.tensor([float(len(bounds))])).max()) if D.world_size() > 1 else len(bounds)
+    out = [sc for a, b in bounds for sc in scores(model, enc, run[a:b])]
+    for _ in range(most - len(bounds)):
+        scores(model, enc, run[:1])
+    return out
 
 
 def _loss_pass(model, enc: Encoder, samples, order, batch_size: int, kind: str) -> torch.Tensor:

@@ -143,3 +143,34 @@ def test_method_defaults_and_settings(tmp_path):
 def test_help_lists_the_methods():
     text = build_parser().format_help()
     assert "{mezo,block,fzoo}" in text and "--zo_blocks" in text
+
+
+def _fake_run(d, method, n, steps, evals):
+    """A run folder with the two files the curves read, in the trainer's layout."""
+    import json
+    d.mkdir(parents=True)
+    (d / "run_config.json").write_text(json.dumps({"trainer": "mezo", "zo_method": method, "zo_num_samples": n,
+                                                   "zo_blocks": 4 if method == "block" else None, "seed": 0,
+                                                   "learning_rate": 1e-4, "zo_eps": 1e-3}))
+    (d / "training_metrics.json").write_text(json.dumps({
+        "status": "completed", "steps": [{"step": i + 1, "step_time_s": t} for i, t in enumerate(steps)],
+        "evals": [{"step": s, "dev": {"accuracy": a}, "test": {"accuracy": a / 2}, "dev_loss": 0.5} for s, a in evals]}))
+
+
+def test_wallclock_curves_of_any_runs(tmp_path):
+    """analyze_mezo_results.py --wallclock_curves: per evaluation the steps' summed time (evaluation
+    left out) and the forward passes of the method (mezo 2 per direction, fzoo N + 1)."""
+    import json
+
+    from analyze_mezo_results import main
+    from mezo.experiments import curves
+    _fake_run(tmp_path / "runs" / "a", "mezo", 1, [1.0, 2.0, 4.0], [(2, 0.6), (3, 0.7)])
+    _fake_run(tmp_path / "runs" / "b", "fzoo", 4, [5.0, 5.0], [(2, 0.8)])
+    got = {c["method"]: c for c in curves.collect([str(tmp_path / "runs" / x) for x in "ab"])}
+    assert [(p["train_s"], p["forwards"], p["test_acc"]) for p in got["mezo"]["points"]] == [(3.0, 4, 0.3), (7.0, 6, 0.35)]
+    assert [(p["train_s"], p["forwards"]) for p in got["fzoo"]["points"]] == [(10.0, 10)]
+    assert got["fzoo"]["label"] == "fzoo N=4 lr=0.0001 eps=0.001"
+    assert main(["--results_dir", str(tmp_path / "runs"), "--output_dir", str(tmp_path / "out"),
+                 "--wallclock_curves"]) == 0
+    assert (tmp_path / "out" / "wallclock_curves.png").stat().st_size > 10000
+    assert len(json.loads((tmp_path / "out" / "wallclock_curves.json").read_text())) == 2

@@ -263,8 +263,9 @@ def fingerprint(model: nn.Module, dtype: torch.dtype | None = None, per_tensor: 
     for name, t in sorted(model.state_dict().items()):
         flat = t.detach().reshape(-1)
         n = flat.numel()
-        vals = flat[torch.linspace(0, n - 1, steps=min(n, per_tensor), device=flat.device).round().long()] \
-            if n else flat
+        k = min(n, per_tensor)
+        # integer positions: a float32 linspace rounds n - 1 up past the end for n > 2**24
+        vals = flat[torch.arange(k, device=flat.device) * (n - 1) // max(k - 1, 1)] if n else flat
         if dtype is not None and vals.is_floating_point():
             vals = vals.to(dtype)
         h.update(f"{name}:{tuple(t.shape)}:{vals.dtype}:".encode())

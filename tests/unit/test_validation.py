@@ -159,3 +159,21 @@ def test_model_folder_checks_name_the_file(tiny, tmp_path):
         with pytest.raises(BadInput) as e:
             models.check_folder(str(folder))
         assert needle in str(e.value), (folder, str(e.value))
+
+
+def test_fingerprint_of_a_tensor_larger_than_float32_counts():
+    """The default model's embedding (49152 x 576 = 28,311,552 elements, past 2**24) is
+    fingerprinted: the sampled positions are exact integers, the last one the last element (a
+    float32 linspace rounded it to n, out of bounds). A change at a sampled position changes the
+    fingerprint; one elsewhere does not (it samples 16 elements per tensor)."""
+    import torch
+    n = 49152 * 576
+    m = torch.nn.Module()
+    m.w = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16), requires_grad=False)
+    a = models.fingerprint(m)
+    with torch.no_grad():
+        m.w[n - 1] = 1.0
+    b = models.fingerprint(m)
+    with torch.no_grad():
+        m.w[n - 2] = 1.0
+    assert a != b and models.fingerprint(m) == b

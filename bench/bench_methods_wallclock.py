@@ -59,8 +59,10 @@ def _run(name: str, flags: list[str], seed: int, steps: int, eval_steps: int, ou
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.time() - t0
     shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)  # 0.5 GB each, not needed here
-    if r.returncode != 0:
-        raise RuntimeError(f"{name} seed {seed}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
+    if r.returncode != 0:  # recorded, never plotted: one failed run does not lose the others
+        why = (r.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"{name} seed {seed}: FAILED (exit {r.returncode}): {why}", flush=True)
+        return {"name": name, "seed": seed, "failed": f"exit {r.returncode}: {why}", "flags": flags}
     c = curves.run_curve(out)
     c.update(name=name, flags=flags, command=" ".join(shlex.quote(x) for x in cmd[1:]), wall_s=wall,
              load_before=load0, load_after=os.getloadavg())
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per run")
     p.add_argument("--extra", default="", help="flags added to every run (e.g. '--num_train 1000')")
+    p.add_argument("--merge", nargs="*", default=None,
+                   help="run nothing: the records of these earlier --json files (runs made by several invocations, "
+                        "e.g. the sweep's seed-0 runs and the other seeds) for --methods/--variant x --seeds, into "
+                        "--json and --png")
     p.add_argument("--runs_dir", default=os.path.join(ROOT, "outputs", "methods_wallclock"), help="run folders")
     p.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "methods_wallclock.json"))
     p.add_argument("--png", default=os.path.join(ROOT, "bench", "results", "methods_wallclock.png"))
@@ -94,27 +100,34 @@ def main(argv=None) -> int:
         runs[name] = HPARAMS[method] + shlex.split(flags)
     step_s = {k: float(v) for k, v in (s.split("=") for s in a.step_s)}
     os.makedirs(a.runs_dir, exist_ok=True)
-    for name, flags in runs.items():
+    for name, flags in ([] if a.merge is not None else runs.items()):
         if name not in step_s:
             method = flags[flags.index("--zo_method") + 1]
             if method in step_s:
                 step_s[name] = step_s[method]
                 continue
-            pilot = _run(name + "_pilot", flags, a.seeds[0], a.pilot_steps, a.pilot_steps,
+            _run(name + "_pilot", flags, a.seeds[0], a.pilot_steps, a.pilot_steps,
                          os.path.join(a.runs_dir, name + "_pilot"), extra + ["--num_dev", "4", "--num_eval", "4"],
                          a.threads)
             # the first step carries one-off costs (compilation of the kernels): the later ones
             m = json.load(open(os.path.join(a.runs_dir, name + "_pilot", "training_metrics.json")))
-            step_s[name] = statistics.median(s["step_time_s"] for s in m["steps"][1:]) or pilot["median_step_s"]
+            step_s[name] = statistics.median(s["step_time_s"] for s in m["steps"][1:])
     jobs = []
-    for seed in a.seeds:
+    for seed in ([] if a.merge is not None else a.seeds):
         for name, flags in runs.items():
             steps = max(1, int(a.budget_s / step_s[name]))
             jobs.append((name, flags, seed, steps, max(1, steps // a.evals)))
     t0 = time.time()
-    with ThreadPoolExecutor(max_workers=a.parallel) as pool:
-        done = list(pool.map(lambda j: _run(j[0], j[1], j[2], j[3], j[4],
-                                            os.path.join(a.runs_dir, f"{j[0]}_seed{j[2]}"), extra, a.threads), jobs))
+    if a.merge is not None:
+        earlier = {(r["name"], r["seed"]): r for path in a.merge for r in json.load(open(path))["runs"]}
+        done = [earlier.get((name, seed), {"name": name, "seed": seed, "failed": "not in --merge", "flags": flags})
+                for seed in a.seeds for name, flags in runs.items()]
+    else:
+        with ThreadPoolExecutor(max_workers=a.parallel) as pool:
+            done = list(pool.map(lambda j: _run(j[0], j[1], j[2], j[3], j[4],
+                                                os.path.join(a.runs_dir, f"{j[0]}_seed{j[2]}"), extra, a.threads),
+                                 jobs))
+    ok = [c for c in done if "failed" not in c]
     half = MEZO_300_STEP_S * 300 / 2
     record = {"budget_s": a.budget_s, "seeds": a.seeds, "step_s_estimates": step_s, "parallel": a.parallel,
               "threads": a.threads, "extra": extra, "elapsed_s": time.time() - t0,
@@ -124,7 +137,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(record, f, indent=1)
-    curves.plot(done, a.png, f"SmolLM2-135M SST-2, {a.budget_s:g} s of training per run, seeds "
+    curves.plot(ok, a.png, f"SmolLM2-135M SST-2, {a.budget_s:g} s of training per run, seeds "
                              f"{' '.join(map(str, a.seeds))}",
                 marks={"y": MEZO_300_TEST_ACC, "x": half,
                        "text": f"dashed: MeZO 300-step test acc {MEZO_300_TEST_ACC}; dotted: half its wall-clock "

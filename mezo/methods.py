@@ -30,6 +30,7 @@ METHODS = ("mezo", "block", "fzoo")
 BLOCK_DEFAULT_K = 4  # --zo_blocks when --zo_method block does not set it
 FZOO_DEFAULT_N = 4  # --zo_num_samples when --zo_method fzoo does not set it (>= 2: sigma needs two losses)
 OTHER = "other"
+FZOO_SCHEDULE = "one unperturbed forward, then one forward per one-sided direction"  # training.log
 # a transformer layer's index in a parameter name: Llama/OPT "layers.3.", GPT-2 "h.3.", RoBERTa
 # "layer.3.", and prefix tuning's per-layer "prefix_keys.3" / "prefix_values.3"
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|prefix_keys|prefix_values)\.(\d+)(?:\.|$)")

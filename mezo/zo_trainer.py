@@ -164,7 +164,8 @@ def train(run: Run) -> dict:
     failures = engine.check_backend() if run.device.type == "cuda" else []  # a kernel never run on this GPU
     record_engine(run, engine, failures)
     log.info("MeZO over %d parameter shards (%s, numerics %s, backend %s, %s; method %s%s)", len(engine.slots),
-             zo.dist, engine.numerics, engine.backend, schedule_name(engine), zo.method,
+             zo.dist, engine.numerics, engine.backend,
+             methods.FZOO_SCHEDULE if zo.method == "fzoo" else schedule_name(engine), zo.method,
              f", {zo.blocks} of {len(selector.blocks)} blocks per step" if selector else "")
     resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine, zo.method)  # master shards, replay
     stream = BatchStream(len(run.splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed,

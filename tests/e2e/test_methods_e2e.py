@@ -42,11 +42,16 @@ def steps(out):
     return [{k: v for k, v in s.items() if not k.startswith(("step_time", "time_"))} for s in rows]
 
 
+def saved(out):
+    """The weights a run saved (paths relative to its folder): the full model under model/ with
+    --save_model, LoRA's adapters beside the logs."""
+    found = glob.glob(os.path.join(out, "*.safetensors")) + glob.glob(os.path.join(out, "model", "*.safetensors"))
+    return sorted(os.path.relpath(p, out) for p in found)
+
+
 def same_saved(a, b):
-    """Every safetensors file saved under two model folders (full weights, or LoRA's adapters)."""
-    fa = sorted(os.path.relpath(p, a) for p in glob.glob(os.path.join(a, "**", "*.safetensors"), recursive=True))
-    assert fa and fa == sorted(os.path.relpath(p, b) for p in glob.glob(os.path.join(b, "**", "*.safetensors"),
-                                                                          recursive=True))
+    fa = saved(a)
+    assert fa and fa == saved(b)
     for f in fa:
         wa, wb = load_file(os.path.join(a, f)), load_file(os.path.join(b, f))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), f
@@ -80,7 +85,8 @@ def test_replay_and_resume_are_exact(tiny, tmp_path, name):
     assert (res / "trajectory.jsonl").read_text() == (ref / "trajectory.jsonl").read_text()
 
 
-@pytest.mark.parametrize("name,mode", [("block", []), ("fzoo", []), ("block", ["--use_lora"])])
+@pytest.mark.parametrize("name,mode", [("block", []), ("fzoo", []), ("block", ["--use_lora"])],
+                         ids=["block", "fzoo", "block_lora"])
 def test_one_and_two_ranks_are_identical(tiny, tmp_path, name, mode):
     extra = METHODS[name] + mode
     one, two = tmp_path / "one", tmp_path / "two"
@@ -88,7 +94,7 @@ def test_one_and_two_ranks_are_identical(tiny, tmp_path, name, mode):
     train(tiny, two, extra, nproc=2)
     assert steps(one) == steps(two)
     assert body(one) == body(two)
-    same_saved(str(one / "model"), str(two / "model"))
+    same_saved(str(one), str(two))
 
 
 def test_prefix_tuning_resumes_exactly(tiny, tmp_path):

@@ -6,7 +6,8 @@ auto) with its hyper-parameters (HPARAMS, chosen by the dev sweep in BENCHMARKS.
 seed, under the same training wall-clock budget: max_steps = budget / the method's step time
 (--step_s, or measured by a pilot of --pilot_steps steps), evaluated --evals times evenly (dev and
 test; the trainer also evaluates after the last step). The budget counts the steps only
-(training_metrics.json step_time_s); evaluation is left out, it costs every method the same.
+(training_metrics.json step_time_s; step 1 at the median step, its compilation excluded:
+mezo.experiments.curves); evaluation is left out, it costs every method the same.
 Records per evaluation (mezo.experiments.curves): step, training wall-clock, forward passes,
 dev / test accuracy, dev loss; writes --json and the four-panel plot --png.
 
@@ -40,7 +41,7 @@ from mezo.experiments import curves  # noqa: E402
 HPARAMS = {
     "mezo": ["--zo_method", "mezo", "--learning_rate", "1e-5"],
     "block": ["--zo_method", "block", "--zo_blocks", "4", "--learning_rate", "1e-4"],
-    "fzoo": ["--zo_method", "fzoo", "--zo_num_samples", "4", "--learning_rate", "1e-4"],
+    "fzoo": ["--zo_method", "fzoo", "--zo_num_samples", "4", "--learning_rate", "3e-4"],
 }
 # MeZO's 300-step default run as README "The default run" measured it (2026-12-02, 2 CPU cores):
 # test accuracy 0.645 at steps 200 and 300, median step 2.7 s (300 steps: about 810 s of steps)
@@ -122,6 +123,10 @@ def main(argv=None) -> int:
         earlier = {(r["name"], r["seed"]): r for path in a.merge for r in json.load(open(path))["runs"]}
         done = [earlier.get((name, seed), {"name": name, "seed": seed, "failed": "not in --merge", "flags": flags})
                 for seed in a.seeds for name, flags in runs.items()]
+        for r in done:  # the curves as this version of mezo.experiments.curves reads the run folders
+            fresh = curves.run_curve(r["run"]) if "run" in r and os.path.isdir(r["run"]) else None
+            if fresh:
+                r.update(fresh)
     else:
         with ThreadPoolExecutor(max_workers=a.parallel) as pool:
             done = list(pool.map(lambda j: _run(j[0], j[1], j[2], j[3], j[4],

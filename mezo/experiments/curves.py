@@ -4,7 +4,8 @@ draws for any set of runs.
 
 A point per evaluation of a MeZO run (training_metrics.json "evals"): its step, the training
 wall-clock up to it (the sum of the steps' step_time_s: evaluation is left out, it costs every
-method the same), the training forward passes up to it (mezo.methods.forwards_per_step: a dual
+method the same; step 1 counts as the median step, its excess being the one-off compilation of
+the kernels, which does not grow with the run and would swamp a short one: first_step_s keeps it), the training forward passes up to it (mezo.methods.forwards_per_step: a dual
 forward of [rows; rows] counts 2, FZOO N + 1 per step), dev and test accuracy, dev loss.
 """
 from __future__ import annotations
@@ -54,9 +55,12 @@ def run_curve(run_dir: str) -> dict | None:
     per_step = forwards_per_step(method, int(flags.get("zo_num_samples") or 1))
     steps = sorted((s for s in metrics.get("steps", []) if isinstance(s.get("step_time_s"), (int, float))),
                    key=lambda s: s["step"])
+    times = [s["step_time_s"] for s in steps]
+    later = sorted(times[1:])
+    median = later[len(later) // 2] if later else None
     cum, t = {}, 0.0
-    for s in steps:
-        t += s["step_time_s"]
+    for i, s in enumerate(steps):
+        t += median if i == 0 and median is not None else s["step_time_s"]
         cum[s["step"]] = t
     points = []
     for e in metrics.get("evals", []):
@@ -65,10 +69,9 @@ def run_curve(run_dir: str) -> dict | None:
             continue  # an evaluation of steps rebuilt from a trajectory: no time recorded
         points.append({"step": step, "train_s": cum[step], "forwards": step * per_step,
                        "dev_acc": _acc(e.get("dev")), "test_acc": _acc(e.get("test")), "dev_loss": e.get("dev_loss")})
-    times = [s["step_time_s"] for s in steps]
     return {"run": run_dir, "method": method, "label": label_of(flags), "seed": flags.get("seed"),
             "status": metrics.get("status"), "steps": len(steps), "forwards_per_step": per_step,
-            "median_step_s": sorted(times)[len(times) // 2] if times else None, "points": points}
+            "median_step_s": median, "first_step_s": times[0] if times else None, "points": points}
 
 
 def collect(run_dirs) -> list[dict]:

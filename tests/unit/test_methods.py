@@ -164,10 +164,13 @@ def test_wallclock_curves_of_any_runs(tmp_path):
 
     from analyze_mezo_results import main
     from mezo.experiments import curves
-    _fake_run(tmp_path / "runs" / "a", "mezo", 1, [1.0, 2.0, 4.0], [(2, 0.6), (3, 0.7)])
-    _fake_run(tmp_path / "runs" / "b", "fzoo", 4, [5.0, 5.0], [(2, 0.8)])
+    _fake_run(tmp_path / "runs" / "a", "mezo", 1, [30.0, 2.0, 4.0, 3.0], [(2, 0.6), (4, 0.7)])
+    _fake_run(tmp_path / "runs" / "b", "fzoo", 4, [50.0, 5.0], [(2, 0.8)])
     got = {c["method"]: c for c in curves.collect([str(tmp_path / "runs" / x) for x in "ab"])}
-    assert [(p["train_s"], p["forwards"], p["test_acc"]) for p in got["mezo"]["points"]] == [(3.0, 4, 0.3), (7.0, 6, 0.35)]
+    # step 1 (compilation) counts as the median of the later steps: 3.0 and 5.0
+    assert [(p["train_s"], p["forwards"], p["test_acc"]) for p in got["mezo"]["points"]] == [(5.0, 4, 0.3),
+                                                                                             (12.0, 8, 0.35)]
+    assert got["mezo"]["first_step_s"] == 30.0
     assert [(p["train_s"], p["forwards"]) for p in got["fzoo"]["points"]] == [(10.0, 10)]
     assert got["fzoo"]["label"] == "fzoo N=4 lr=0.0001 eps=0.001"
     assert main(["--results_dir", str(tmp_path / "runs"), "--output_dir", str(tmp_path / "out"),

@@ -23,11 +23,14 @@ from mezo.telemetry import log
 
 # settings that must be equal for a resumed run to continue the same trajectory (names as in
 # mezo.config.Config.settings(), the trajectory header and the checkpoint manifest); with a
-# linear schedule, max_steps too. The method comes first: another method's run is refused as such,
-# not for the settings that follow from it (fzoo's number of directions, its distribution)
-MUST_MATCH = ("task_name", "zo_method", "zo_blocks", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype",
-              "master_weights", "numerics", "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed",
-              "learning_rate", "lr_scheduler_type", "weight_decay", "generator")
+# linear schedule, max_steps too
+MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "numerics",
+              "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate",
+              "lr_scheduler_type", "weight_decay", "generator")
+# the method's settings (mezo.config.method_settings: only in the settings of methods other than
+# mezo, implied "mezo" elsewhere), checked first: another method's run is refused as such, not for
+# the settings that follow from it (fzoo's number of directions, its distribution)
+METHOD_KEYS = ("zo_method", "zo_blocks")
 FLAG_OF = {"master_weights": "--master_weights/--no_master_weights", "numerics": "--numerics",
            "generator": "--zo_generator"}
 
@@ -64,7 +67,7 @@ class ResumePlan:
 
 
 def must_match(settings: dict) -> tuple[str, ...]:
-    return MUST_MATCH + (("tie_emb",) if "tie_emb" in settings else ()) + \
+    return METHOD_KEYS + MUST_MATCH + (("tie_emb",) if "tie_emb" in settings else ()) + \
         (("max_steps",) if settings["lr_scheduler_type"] == "linear" else ())
 
 

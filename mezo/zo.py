@@ -369,8 +369,9 @@ class Perturbation:
 
     def __enter__(self):
         for leaf in self.engine.leaves:
-            if self.active is not None and not any(n in self.active for _, n in leaf.params):
-                continue  # a leaf outside the chosen blocks computes with theta, as it is
+            # a leaf outside the chosen blocks is installed too, with theta for both halves (_pair):
+            # its Linears then multiply the real tokens only, as the perturbed ones do, where its
+            # own forward would multiply every padded position of [rows; rows]
             m = leaf.module
             self._installed.append((m, m.__dict__.get("forward")))
             orig = m.forward

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Mapping
 
-from mezo import distributed as D, errors, hparams, models, noise, resume, selection, telemetry
+from mezo import distributed as D, errors, hparams, methods, models, noise, resume, selection, telemetry
 from mezo.batches import forward_batch_size
 from mezo.experiments import presets
 from mezo.errors import BadInput
@@ -150,10 +150,19 @@ class ZOConfig:
     fused: bool
     non_diff: bool              # the objective is minus the batch's task metric
     generator: str = noise.DEFAULT_GENERATOR  # z's generator and version (mezo.noise.GENERATORS)
+    method: str = "mezo"        # mezo | block | fzoo (mezo/methods.py)
+    blocks: int | None = None   # block: blocks perturbed and updated per step
 
     def __post_init__(self):
         _positive(self.eps, "zo_eps")
         _at_least(self.num_samples, 1, "zo_num_samples")
+        if self.method == "fzoo" and self.num_samples < 2:
+            raise BadInput(f"--zo_method fzoo normalises by the spread of its one-sided losses: it needs "
+                           f"--zo_num_samples >= 2 (got {self.num_samples})")
+        if self.blocks is not None:
+            if self.method != "block":
+                raise BadInput(f"--zo_blocks applies to --zo_method block (this run has --zo_method {self.method})")
+            _at_least(self.blocks, 1, "zo_blocks")
 
     @property
     def master_weights(self) -> bool:
@@ -272,10 +281,18 @@ def settings(m: ModelConfig, d: DataConfig, t: TrainConfig, z: ZOConfig) -> dict
     return {"model_name": m.name, "gguf_file": m.gguf_file, "dtype": m.dtype, "master_weights": z.master_weights,
             "numerics": z.numerics, **mlm, "zo_dist": z.dist, "zo_backend": z.backend, "fused": z.fused,
             "seed": t.seed, "zo_eps": z.eps, "generator": z.generator,
-            "zo_num_samples": z.num_samples, "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
+            "zo_num_samples": z.num_samples, **method_settings(z), "weight_decay": t.weight_decay, "learning_rate": t.learning_rate,
             "lr_scheduler_type": t.lr_scheduler_type, "max_steps": t.max_steps, "task_name": d.task_name,
             "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
             "num_train": d.num_train, "train_set_seed": d.train_set_seed}
+
+
+def method_settings(z: ZOConfig) -> dict:
+    """The method's keys of the settings, only for methods other than mezo: a mezo run's trajectory
+    header and manifest keep the keys they had (mezo.resume.saved_value implies zo_method mezo)."""
+    if z.method == "mezo":
+        return {}
+    return {"zo_method": z.method, **({"zo_blocks": z.blocks} if z.method == "block" else {})}
 
 
 def mode_name(trainer: str, peft: PeftConfig) -> str:
@@ -369,7 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("MeZO").add_argument
     a("--zo_eps", type=float, default=1e-3, help="perturbation scale eps: g = (L(theta + eps z) - L(theta - eps z)) / 2 eps")
     a("--zo_dist", choices=["gaussian", "rademacher"], default="gaussian", help="distribution of the direction z")
-    a("--zo_num_samples", type=int, default=1, help="directions per step (n-SPSA)")
+    a("--zo_num_samples", type=int, default=1,
+      help=f"directions per step (n-SPSA; --zo_method fzoo: its N one-sided directions, default "
+           f"{methods.FZOO_DEFAULT_N}, at least 2)")
+    a("--zo_method", choices=methods.METHODS, default="mezo",
+      help="the zeroth-order method (mezo/methods.py): mezo (two-sided SPSA on every parameter, Malladi et "
+           "al.); block (MeZO's step on --zo_blocks transformer blocks chosen from the step seed: only they are "
+           "perturbed and updated); fzoo (one unperturbed forward and --zo_num_samples one-sided Rademacher "
+           "directions, the step normalised by the standard deviation of their losses, Dang et al. 2025)")
+    a("--zo_blocks", type=int, default=None,
+      help=f"--zo_method block: blocks (transformer layers; embeddings, final norm and head form one more) "
+           f"perturbed and updated per step (default {methods.BLOCK_DEFAULT_K})")
     a("--numerics", choices=NUMERICS, default="auto",
       help="how the weights are perturbed and updated: stochastic (theta kept in --dtype and never perturbed in "
            "place: the loss runs once on [batch; batch], the first half with theta + eps z, the second with "
@@ -561,6 +588,18 @@ def _numerics(ns) -> str:
     return "stochastic"
 
 
+def _method_defaults(ns, explicit: set[str]) -> None:
+    """The method's defaults where its flags are not given: fzoo draws Rademacher directions,
+    FZOO_DEFAULT_N of them; block perturbs BLOCK_DEFAULT_K blocks."""
+    if ns.zo_method == "fzoo":
+        if "zo_num_samples" not in explicit:
+            ns.zo_num_samples = methods.FZOO_DEFAULT_N
+        if "zo_dist" not in explicit:
+            ns.zo_dist = "rademacher"
+    if ns.zo_method == "block" and ns.zo_blocks is None:
+        ns.zo_blocks = methods.BLOCK_DEFAULT_K
+
+
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder
@@ -600,7 +639,7 @@ _MODE_FLAG = {"mezo": "--trainer mezo", "ft": "--trainer ft", "linear_probe": "-
               "zero_shot": "--zero_shot", "icl": "--icl"}
 _STEPS = ("max_steps", "eval_steps", "learning_rate", "lr_scheduler_type", "weight_decay", "gradient_accumulation_steps",
           "batch_size", "forward_batch_size", "no_initial_eval", "save_model")
-_ZO = ("zo_eps", "zo_dist", "zo_num_samples", "zo_backend", "no_fuse", "master_weights", "no_master_weights",
+_ZO = ("zo_eps", "zo_dist", "zo_num_samples", "zo_method", "zo_blocks", "zo_backend", "no_fuse", "master_weights", "no_master_weights",
        "skip_nonfinite", "max_skipped_steps", "save_steps", "save_total_limit")
 _FT = ("optimizer", "warmup_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "momentum")
 _LP = ("lp_C", "lp_max_iter")
@@ -695,8 +734,9 @@ def resolve(ns: argparse.Namespace, world_size: int = 1, explicit: set[str] | No
     train = TrainConfig(trainer, ns.seed, ns.batch_size, ns.forward_batch_size, ns.gradient_accumulation_steps,
                         ns.learning_rate, ns.lr_scheduler_type, ns.weight_decay, ns.max_steps, ns.eval_steps,
                         ns.eval_batch_size, ns.no_initial_eval, ns.num_demos, ns.selection_metric)
+    _method_defaults(ns, explicit)
     zo = ZOConfig(ns.zo_eps, ns.zo_dist, ns.zo_num_samples, ns.numerics, ns.zo_backend, not ns.no_fuse, ns.non_diff,
-                  generator=ns.zo_generator)
+                  generator=ns.zo_generator, method=ns.zo_method, blocks=ns.zo_blocks)
     peft = PeftConfig(**{f.name: getattr(ns, f.name) for f in fields(PeftConfig)})
     ft = FTConfig(**{f.name: getattr(ns, f.name) for f in fields(FTConfig) if f.name != "amp"},
                   amp=trainer == "ft" and ns.dtype == "fp16")

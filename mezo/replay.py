@@ -6,7 +6,7 @@
 The result (save_pretrained, safetensors) is bit-identical to what training saved with
 --save_model, on any number of training ranks: replay runs the same ZOEngine sweeps with the
 same floating-point operations (see mezo.trajectory.replay). Settings (dtype, numerics,
-distribution, z generator, kernel backend) come from the trajectory header (a header without a
+distribution, z generator, kernel backend, the method: mezo, block and its blocks, fzoo) come from the trajectory header (a header without a
 generator was written before generators were versioned: lowbias32-v1); overriding --dtype replays
 with other rounding, so the result is then no longer bit-identical.
 The trajectory's header names the base it was trained from and fingerprints its weights
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from mezo import methods
     from mezo.resume import saved_value
     from mezo.zo import ZOEngine
     torch.set_grad_enabled(False)
@@ -103,7 +104,9 @@ def main(argv=None) -> int:
                                  fused=header.get("fused", True),
                                  numerics=saved_value(header, "numerics"),
                                  decay=models.decays(family, "mezo"), generator=generator)
-    T.replay(engine, entries)
+    method = saved_value(header, "zo_method")
+    methods.configure(engine, model, method, header.get("zo_blocks"))
+    T.replay(engine, entries, method)
     models.save_full(model, tok, a.output, True)
     print(f"replayed {len(entries)} steps ({sum(e.skipped for e in entries)} skipped) onto {a.base} in "
           f"{time.time() - t0:.1f}s -> {a.output}")

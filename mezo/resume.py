@@ -27,6 +27,10 @@ from mezo.telemetry import log
 MUST_MATCH = ("task_name", "seed", "zo_eps", "zo_num_samples", "zo_dist", "dtype", "master_weights", "numerics",
               "batch_size", "gradient_accumulation_steps", "num_train", "train_set_seed", "learning_rate",
               "lr_scheduler_type", "weight_decay", "generator")
+# the method's settings (mezo.config.method_settings: only in the settings of methods other than
+# mezo, implied "mezo" elsewhere), checked first: another method's run is refused as such, not for
+# the settings that follow from it (fzoo's number of directions, its distribution)
+METHOD_KEYS = ("zo_method", "zo_blocks")
 FLAG_OF = {"master_weights": "--master_weights/--no_master_weights", "numerics": "--numerics",
            "generator": "--zo_generator"}
 
@@ -46,6 +50,8 @@ def saved_value(saved: dict, key: str):
         return True
     if key == "generator":  # z's generator before generators were versioned
         return noise.LEGACY_GENERATOR
+    if key == "zo_method":  # MeZO's settings carry no method (mezo.config.method_settings)
+        return "mezo"
     return None
 
 
@@ -61,7 +67,7 @@ class ResumePlan:
 
 
 def must_match(settings: dict) -> tuple[str, ...]:
-    return MUST_MATCH + (("tie_emb",) if "tie_emb" in settings else ()) + \
+    return METHOD_KEYS + MUST_MATCH + (("tie_emb",) if "tie_emb" in settings else ()) + \
         (("max_steps",) if settings["lr_scheduler_type"] == "linear" else ())
 
 
@@ -85,7 +91,7 @@ def check_compatible(what: str, saved: dict, settings: dict) -> None:
         theirs = saved_value(saved, k)
         if theirs is None and k not in saved:
             continue
-        mine = settings[k]
+        mine = saved_value(settings, k)
         if theirs != mine and not (isinstance(mine, float) and isinstance(theirs, (int, float))
                                    and float(theirs) == mine):
             raise BadInput(f"{what} was written with {FLAG_OF.get(k, '--' + k)} {theirs!r}, this run has "
@@ -232,12 +238,13 @@ def restore(p: ResumePlan, ckpt: checkpoint.Checkpointer, metrics) -> Restored:
     return Restored()
 
 
-def attach(p: ResumePlan, r: Restored, ckpt: checkpoint.Checkpointer, engine) -> None:
-    """Once the engine exists: the checkpoint's master shards, then the replay."""
+def attach(p: ResumePlan, r: Restored, ckpt: checkpoint.Checkpointer, engine, method: str = "mezo") -> None:
+    """Once the engine exists (its method configured, mezo.methods.configure): the checkpoint's
+    master shards, then the replay."""
     if p.checkpoint and engine.master_weights:
         ckpt.load_master(engine, p.checkpoint)
     if r.replay is not None:
         t0 = time.time()
-        T.replay(engine, r.replay)
+        T.replay(engine, r.replay, method)
         log.info("replayed %d steps from %s in %.1fs", len(r.replay), r.source, time.time() - t0)
         r.replay = None

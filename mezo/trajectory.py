@@ -243,7 +243,7 @@ def to_binary(header: dict, entries: list[Entry]) -> bytes:
     return MAGIC + struct.pack("<I", len(h)) + h + out.tobytes()
 
 
-def replay(engine, entries: list[Entry]) -> None:
+def replay(engine, entries: list[Entry], method: str = "mezo") -> None:
     """Apply the updates of `entries` to the engine's parameters with the same floating-point
     operations, in the same order, as training did (no forward passes):
 
@@ -252,13 +252,15 @@ def replay(engine, entries: list[Entry]) -> None:
       skipping these sweeps would give different bits;
     - "master" perturbs only the parameter copy and "stochastic" never perturbs the stored
       parameters at all: the updates suffice (the same update sweeps, rounding bits included).
-    Ends with engine.flush(): the parameters hold exactly theta."""
+    The engine is configured for the trajectory's method (mezo.methods.configure: a block-sparse
+    one's directions cover its seeds' blocks only); in place, `method` says which perturbations
+    a step made (mezo.methods.replay_moves). Ends with engine.flush(): the parameters hold
+    exactly theta."""
+    from mezo.methods import replay_moves  # here: the compact tool needs no torch
     in_place = engine.numerics == "reference"
     for e in entries:
         if in_place:
-            for s in e.seeds:
-                engine.displace(s, +e.eps)
-                engine.displace(s, -e.eps)
+            replay_moves(engine, method, e.seeds, e.eps)
         if not e.skipped:
             engine.schedule_coefficients(e.seeds, e.coefs, e.lr, e.wd)
             if not in_place or not engine.fused:

@@ -359,6 +359,8 @@ class Perturbation:
         self.groups = engine.row_groups
         self.kern = kernels(engine.backend)
         self._eps = eps
+        # block-sparse methods: only these parameters are perturbed (None: all)
+        self.active = engine.select(seed) if engine.select is not None else None
         self._keys: dict[str, torch.Tensor] = {}
         self._installed: list[tuple[nn.Module, object]] = []
         self._hooks: list = []
@@ -367,6 +369,9 @@ class Perturbation:
 
     def __enter__(self):
         for leaf in self.engine.leaves:
+            # a leaf outside the chosen blocks is installed too, with theta for both halves (_pair):
+            # its Linears then multiply the real tokens only, as the perturbed ones do, where its
+            # own forward would multiply every padded position of [rows; rows]
             m = leaf.module
             self._installed.append((m, m.__dict__.get("forward")))
             orig = m.forward
@@ -444,6 +449,8 @@ class Perturbation:
         """(plus, minus) flat weights of `attr` elements [lo, hi), or the frozen tensor twice."""
         t = whole.get(attr)
         name = dict(leaf.params).get(attr)
+        if name is not None and self.active is not None and name not in self.active:
+            name = None  # not perturbed this step: as a frozen parameter
         if t is None:
             return None, None
         if name is None:
@@ -553,6 +560,9 @@ class ZOEngine:
     roots: list[nn.Module] = field(default_factory=list)  # stochastic: the modules called with the attention mask
     row_groups: int = 1          # stochastic: groups of rows per half of a dual forward (see Perturbation)
     generator: str = noise.DEFAULT_GENERATOR  # z's generator (mezo.noise.GENERATORS)
+    # seed -> the names of the parameters direction z(seed) covers (block-sparse methods,
+    # mezo.methods.BlockSelector); z is 0 elsewhere, so sweeps skip them. None: every parameter
+    select: Callable[[int], frozenset] | None = field(default=None, repr=False)
     # what is currently applied to the parameters on top of theta: (seed, displacement)
     _offset: tuple[int, float] | None = field(default=None, repr=False)
     # update not yet applied: (seeds, coefficients, lr, wd)
@@ -624,43 +634,75 @@ class ZOEngine:
         return (lambda v: torch.tensor(float(v), dtype=torch.float32, device=dev),
                 lambda seed, name: torch.tensor(noise.keys(seed, name), dtype=torch.int32, device=dev))
 
-    def _sweep(self, restore=None, update=None, perturb=None):
+    def covers(self, seed: int, name: str) -> bool:
+        """Whether direction z(seed) is non-zero on parameter `name` (always, without select)."""
+        return self.select is None or name in self.select(seed)
+
+    def _restrict(self, name: str, restore, update, perturb):
+        """restore / update / perturb as they apply to parameter `name` under select: the
+        directions that do not cover it dropped (None when none is left)."""
+        r = restore if restore and self.covers(restore[0], name) else None
+        u = None
+        if update:
+            js = [j for j, s in enumerate(update[0]) if self.covers(s, name)]
+            u = ([update[0][j] for j in js], [update[1][j] for j in js], update[2], update[3]) if js else None
+        p = perturb if perturb and self.covers(perturb[0], name) else None
+        return r, u, p
+
+    def _sweep_args(self, restore, update, perturb) -> dict:
+        f32, _ = self._tensors()
+        n_update = len(update[0]) if update else 0
+        return dict(n_update=n_update,
+                    cu=f32(0) if not n_update else torch.tensor([float(c) for c in update[1]], dtype=torch.float32,
+                                                                device=self.device),
+                    lr=f32(update[2] if update else 0.0), ar=f32(restore[1] if restore else 0.0),
+                    bp=f32(perturb[1] if perturb else 0.0), wd_on=f32(update[3] if update else 0.0), wd_off=f32(0.0),
+                    share_z=bool(restore and n_update and restore[0] == update[0][0]))
+
+    def _sweep(self, restore=None, update=None, perturb=None, written=None):
         """One pass over every slot (master, reference). restore=(seed, coef); update=(seeds,
-        coefs, lr, wd); perturb=(seed, coef): add coef*z in place, or (master) write theta + coef*z."""
+        coefs, lr, wd); perturb=(seed, coef): add coef*z in place, or (master) write theta + coef*z.
+        With select (block-sparse methods) each slot gets only the directions that cover it and
+        slots no direction covers are not touched; written: master, the seed of the perturbation
+        the parameters hold now (the slots it covers are rewritten even with nothing else to do)."""
         if not self.slots:
             return
         kernel = kernels(self.backend).sweep
         dev = self.device
-        f32, keys = self._tensors()
+        _, keys = self._tensors()
         zero_k = torch.zeros(4, dtype=torch.int32, device=dev)
-        n_update = len(update[0]) if update else 0
-        cu = f32(0) if not n_update else torch.tensor([float(c) for c in update[1]], dtype=torch.float32, device=dev)
-        lr = f32(update[2] if update else 0.0)
-        ar = f32(restore[1] if restore else 0.0)
-        bp = f32(perturb[1] if perturb else 0.0)
-        wd_on, wd_off = f32(update[3] if update else 0.0), f32(0.0)
-        share_z = bool(restore and n_update and restore[0] == update[0][0])
+        common = self._sweep_args(restore, update, perturb) if self.select is None else None
         for slot in self.slots:
-            kr = keys(restore[0], slot.name) if restore else zero_k
-            ku = torch.stack([keys(s, slot.name) for s in update[0]]) if n_update else zero_k[None]
-            kp = keys(perturb[0], slot.name) if perturb else zero_k
+            if self.select is None:
+                r, u, pt, a = restore, update, perturb, common
+            else:
+                r, u, pt = self._restrict(slot.name, restore, update, perturb)
+                rewrite = written is not None and slot.master is not None and self.covers(written, slot.name)
+                if r is None and u is None and pt is None and not rewrite:
+                    continue
+                a = self._sweep_args(r, u, pt)
+            n_update, share_z = a["n_update"], a["share_z"]
+            kr = keys(r[0], slot.name) if r else zero_k
+            ku = torch.stack([keys(s, slot.name) for s in u[0]]) if n_update else zero_k[None]
+            kp = keys(pt[0], slot.name) if pt else zero_k
             x = slot.master if slot.master is not None else slot.local
             out = slot.local if slot.master is not None else None
             rounding = x.dtype != torch.float32
             for c0 in range(0, x.numel(), CHUNK):
                 c1 = min(c0 + CHUNK, x.numel())
-                self.z_elements += (c1 - c0) * (int(restore is not None and not share_z) + n_update
-                                                + int(perturb is not None))
+                self.z_elements += (c1 - c0) * (int(r is not None and not share_z) + n_update
+                                                + int(pt is not None))
                 kernel(x[c0:c1], out[c0:c1] if out is not None else None,
                        torch.tensor(slot.start + c0, dtype=torch.int32, device=dev),
-                       kr, ar, ku, cu, lr, wd_on if slot.decay else wd_off, kp, bp,
-                       dist=self.dist, rounding=rounding, restore=restore is not None,
-                       n_update=n_update, perturb=perturb is not None, write_out=out is not None,
+                       kr, a["ar"], ku, a["cu"], a["lr"], a["wd_on"] if slot.decay else a["wd_off"], kp, a["bp"],
+                       dist=self.dist, rounding=rounding, restore=r is not None,
+                       n_update=n_update, perturb=pt is not None, write_out=out is not None,
                        share_z=share_z, generator=self.generator)
 
     def _update_sweep(self, seeds, coefs, lr, wd):
         """stochastic: theta <- round(theta - lr * (sum_j coefs_j z(s_j) + wd * theta)) over the
-        local shards (global indices), rounding bits under the keys of (seeds[0], name + "#sr")."""
+        local shards (global indices), rounding bits under the keys of (seeds[0], name + "#sr");
+        with select, each slot takes the directions that cover it (bits under the first's keys)."""
         if not self.slots:
             return
         kernel = kernels(self.backend).update
@@ -669,15 +711,21 @@ class ZOEngine:
         cu = torch.tensor([float(c) for c in coefs], dtype=torch.float32, device=dev)
         lr_t, wd_on, wd_off = f32(lr), f32(wd), f32(0.0)
         for slot in self.slots:
-            ku = torch.stack([keys(s, slot.name) for s in seeds])
-            ksr = keys(seeds[0], slot.name + "#sr")
+            ss, cs = seeds, cu
+            if self.select is not None:
+                _, u, _ = self._restrict(slot.name, None, (seeds, coefs, lr, wd), None)
+                if u is None:
+                    continue
+                ss, cs = u[0], torch.tensor([float(c) for c in u[1]], dtype=torch.float32, device=dev)
+            ku = torch.stack([keys(s, slot.name) for s in ss])
+            ksr = keys(ss[0], slot.name + "#sr")
             x = slot.local
             sr = x.dtype in (torch.bfloat16, torch.float16)
             for c0 in range(0, x.numel(), CHUNK):
                 c1 = min(c0 + CHUNK, x.numel())
-                self.z_elements += (c1 - c0) * len(seeds)
-                kernel(x[c0:c1], torch.tensor(slot.start + c0, dtype=torch.int32, device=dev), ku, cu, lr_t,
-                       wd_on if slot.decay else wd_off, ksr, dist=self.dist, n_update=len(seeds), sr=sr,
+                self.z_elements += (c1 - c0) * len(ss)
+                kernel(x[c0:c1], torch.tensor(slot.start + c0, dtype=torch.int32, device=dev), ku, cs, lr_t,
+                       wd_on if slot.decay else wd_off, ksr, dist=self.dist, n_update=len(ss), sr=sr,
                        generator=self.generator)
 
     # ------------------------------------------------------------------ MeZO operations
@@ -693,7 +741,7 @@ class ZOEngine:
         restore = None
         if self.master_weights:
             upd, self._pending = self._pending, None
-            self._sweep(update=upd, perturb=(seed, d))
+            self._sweep(update=upd, perturb=(seed, d), written=self._offset[0] if self._offset else None)
             self._offset = (seed, d)
             return
         if self._offset is not None and self._offset[0] == seed and self._pending is None:
@@ -744,7 +792,10 @@ class ZOEngine:
             return
         upd, self._pending = self._pending, None
         if self.master_weights:
-            self._sweep(update=upd, perturb=None) if upd else self.write_master()
+            if upd:
+                self._sweep(update=upd, perturb=None, written=self._offset[0] if self._offset else None)
+            else:
+                self.write_master()
         elif self.fused:
             self._sweep(restore=restore, update=upd)
         else:

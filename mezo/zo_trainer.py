@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from mezo import checkpoint, distributed as D, models, preemption, resume, trajectory as T
+from mezo import checkpoint, distributed as D, methods, models, preemption, resume, trajectory as T
 from mezo.batches import BatchStream, make_loss_fn
 from mezo.context import Run
 from mezo.errors import EXIT_PREEMPTED, NonFinite, Preempted
@@ -160,11 +160,14 @@ def train(run: Run) -> dict:
     engine = ZOEngine.from_model(model, dist=zo.dist, backend=zo.backend, fused=zo.fused, numerics=zo.numerics,
                                  decay=models.decays(cfg.model.task_family, "mezo"),
                                  row_groups=share // t.forward_batch_size, generator=zo.generator)
+    selector = methods.configure(engine, model, zo.method, zo.blocks)
     failures = engine.check_backend() if run.device.type == "cuda" else []  # a kernel never run on this GPU
     record_engine(run, engine, failures)
-    log.info("MeZO over %d parameter shards (%s, numerics %s, backend %s, %s)", len(engine.slots), zo.dist,
-             engine.numerics, engine.backend, schedule_name(engine))
-    resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine)  # master shards, replay
+    log.info("MeZO over %d parameter shards (%s, numerics %s, backend %s, %s; method %s%s)", len(engine.slots),
+             zo.dist, engine.numerics, engine.backend,
+             methods.FZOO_SCHEDULE if zo.method == "fzoo" else schedule_name(engine), zo.method,
+             f", {zo.blocks} of {len(selector.blocks)} blocks per step" if selector else "")
+    resume.attach(cfg.checkpoint.plan, restored, loop.ckpt, engine, zo.method)  # master shards, replay
     stream = BatchStream(len(run.splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed,
                          t.forward_batch_size)
     loss_at = make_loss_fn(model, run.enc, run.splits.train, stream, loss_kind(zo.non_diff, run.task),
@@ -176,14 +179,22 @@ def train(run: Run) -> dict:
         t0 = time.time()
         lr = lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, i)
         seeds = [step_seed(t.seed, i, j, n) for j in range(n)]
-        grads, losses = engine.step(lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay,
-                                    pair_fn=lambda: loss_at.pair(i))
+        if zo.method == "fzoo":
+            grads, losses, sigma = methods.fzoo_step(engine, lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay)
+        else:
+            grads, losses = engine.step(lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay,
+                                        pair_fn=lambda: loss_at.pair(i))
         skipped = loop.skip_or_stop(engine, i + 1, grads, losses)
         lp, lm = losses[0]
-        rec = {"step": i + 1, "loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp,
-               "loss_minus": lm, "projected_grad": float(np.mean(grads)), "lr": lr,
+        if zo.method == "fzoo":  # losses are (L_i, L0): the step's loss is the unperturbed one
+            head = {"loss": lm, "loss_perturbed": [a for a, _ in losses], "loss_std": sigma}
+        else:
+            head = {"loss": float(np.mean([(a + b) / 2 for a, b in losses])), "loss_plus": lp, "loss_minus": lm}
+        rec = {"step": i + 1, **head, "projected_grad": float(np.mean(grads)), "lr": lr,
                "step_time_s": time.time() - t0, "time_forward_s": engine.timing["forward"],
                "time_sweep_s": engine.timing["sweep"], "seeds": seeds}
+        if selector:
+            rec["blocks"] = selector.chosen(seeds[0]) if n == 1 else [selector.chosen(s) for s in seeds]
         if skipped:
             rec["skipped_nonfinite"] = True
         last.update(seeds=seeds, grads=grads, lr=lr, skipped=skipped)

@@ -47,7 +47,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from mezo import zo  # noqa: E402
-from bench.reference import loss_of, reference_step, zo_loss  # noqa: E402
+from bench.reference import loss_of, pair_loss, reference_step, zo_loss  # noqa: E402
 
 # published OPT configs (facebook/opt-*): hidden, layers, heads, ffn
 OPT = {
@@ -91,17 +91,6 @@ def build(size: str, device) -> torch.nn.Module:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     return model.eval()
-
-
-def pair_loss(model, ids) -> tuple[float, float]:
-    """(L+, L-): the LM loss of each half of one forward over [ids; ids] (the dual forward), each
-    computed as Hugging Face's causal LM loss (bench/reference.py loss_of): labels shifted left."""
-    with torch.inference_mode():
-        logits = model(input_ids=torch.cat([ids, ids])).logits
-        labels = torch.nn.functional.pad(ids, (0, 1), value=-100)[:, 1:].reshape(-1)
-        n = len(ids)
-        return tuple(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), labels).item()
-                     for h in (logits[:n], logits[n:]))
 
 
 def sync(device):

@@ -31,7 +31,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.reference import reference_step, zo_loss  # noqa: E402
+from bench.reference import pair_loss, reference_step, zo_loss  # noqa: E402
 from mezo import zo  # noqa: E402
 
 # OPT-like configs: hidden, layers, heads, ffn, vocab (124m is facebook/opt-125m's shape)
@@ -45,17 +45,6 @@ def build(size: str) -> torch.nn.Module:
                     word_embed_proj_dim=h, max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg).eval()
-
-
-def pair_loss(model, ids) -> tuple[float, float]:
-    """The LM loss of each half of one forward over [ids; ids], computed as Hugging Face's causal
-    LM loss (bench/reference.py loss_of) does: labels shifted left, the logits not copied."""
-    with torch.inference_mode():
-        logits = model(input_ids=torch.cat([ids, ids])).logits
-        labels = torch.nn.functional.pad(ids, (0, 1), value=-100)[:, 1:].reshape(-1)
-        n = len(ids)
-        return tuple(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), labels).item()
-                     for h in (logits[:n], logits[n:]))
 
 
 def timed(fn) -> float:

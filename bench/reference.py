@@ -17,6 +17,18 @@ def zo_loss(model, ids):
         return loss_of(model, ids)
 
 
+def pair_loss(model, ids) -> tuple[float, float]:
+    """(L+, L-): the LM loss of each half of one forward over [ids; ids] (our dual forward, which
+    the engine perturbs +eps / -eps), each computed as loss_of does (Hugging Face's causal LM
+    loss: labels shifted left), the logits not copied."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.cat([ids, ids])).logits
+        labels = torch.nn.functional.pad(ids, (0, 1), value=-100)[:, 1:].reshape(-1)
+        n = len(ids)
+        return tuple(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), labels).item()
+                     for h in (logits[:n], logits[n:]))
+
+
 def reference_step(model, ids, seed, lr=1e-7, eps=1e-3, wd=0.0):
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 

@@ -97,17 +97,8 @@ def forwards_per_step(method: str, n: int) -> int:
 def fzoo_step(engine, loss_fn, seeds: list[int], lr: float, eps: float, wd: float):
     """One FZOO step (see the module docstring). Returns (g per direction, [(L_i, L0)] per
     direction, sigma); the update is scheduled on the engine as MeZO's (coefficients g_i / N)."""
-    import time
-    t = time.perf_counter()
     fwd = sweep = 0.0
-
-    def lap():
-        nonlocal t
-        engine._sync()
-        now = time.perf_counter()
-        dt, t = now - t, now
-        return dt
-
+    lap = engine.stopwatch()
     engine.flush()  # the previous update (and, in place, the previous perturbation undone): theta
     sweep += lap()
     l0 = loss_fn()

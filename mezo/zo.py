@@ -819,6 +819,19 @@ class ZOEngine:
         if self.device.type == "cuda":  # so that the time split counts the kernels, not their launch
             torch.cuda.synchronize(self.device)
 
+    def stopwatch(self):
+        """lap() -> seconds since the previous lap (or since this call), the device synchronised
+        first, so that each lap is charged with its own kernels (a step's time split)."""
+        t = time.perf_counter()
+
+        def lap() -> float:
+            nonlocal t
+            self._sync()
+            now = time.perf_counter()
+            dt, t = now - t, now
+            return dt
+        return lap
+
     @torch.no_grad()  # forward passes only: no autograd graph, inference memory
     def step(self, loss_fn, seeds: list[int], lr: float, eps: float, wd: float,
              pair_fn=None) -> tuple[list[float], list[tuple[float, float]]]:
@@ -829,15 +842,7 @@ class ZOEngine:
         direction); the time split is left in self.timing."""
         grads, losses = [], []
         fwd = sweep = 0.0
-        t = time.perf_counter()
-
-        def lap():
-            nonlocal t
-            self._sync()
-            now = time.perf_counter()
-            dt, t = now - t, now
-            return dt
-
+        lap = self.stopwatch()
         if self.numerics == "stochastic":
             self.flush()  # the previous step's update (z evaluation 2)
             sweep += lap()

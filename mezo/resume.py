@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,6 +60,7 @@ class ResumePlan:
     checkpoint: str | None = None   # a complete checkpoint folder to load
     tail: str | None = None         # a trajectory whose steps beyond the checkpoint are replayed
     trajectory: str | None = None   # a trajectory from the base model to replay (no checkpoint)
+    trained_from: dict | None = field(default=None, compare=False)  # its header: base_model, base_fingerprint
 
     @property
     def fresh(self) -> bool:
@@ -171,6 +172,7 @@ def plan(resume_from: str | None, resume_trajectory: str | None, output_dir: str
         check_compatible(f"{flag} {traj}", header, settings)
         if len(entries) > max_steps:
             raise BadInput(f"{flag} {traj}: has {len(entries)} steps, more than --max_steps {max_steps}")
+        return ResumePlan(ckpt, tail, traj, {k: header.get(k) for k in ("base_model", "base_fingerprint")})
     return ResumePlan(ckpt, tail, traj)
 
 
@@ -178,12 +180,9 @@ def check_base(p: ResumePlan, base: dict) -> None:
     """BadInput when the plan replays a trajectory from the base model (no checkpoint holds the
     weights) and this run's base weights are not those it was trained from (the header's
     fingerprint, mezo.models.fingerprint); trajectories written before the fingerprint pass."""
-    if not p.trajectory:
-        return
-    header = T.read(p.trajectory, allow_truncated=True)[0]
-    want = header.get("base_fingerprint")
-    if want and want != base["base_fingerprint"]:
-        raise BadInput(f"{p.trajectory}: trained from {header.get('base_model')!r} with weights fingerprint {want}; "
+    want = (p.trained_from or {}).get("base_fingerprint")
+    if p.trajectory and want and want != base["base_fingerprint"]:
+        raise BadInput(f"{p.trajectory}: trained from {p.trained_from['base_model']!r} with weights fingerprint {want}; "
                        f"--model_name {base['base_model']!r} has {base['base_fingerprint']}: a resumed run replays "
                        f"onto the same base weights")
 

@@ -72,20 +72,28 @@ def _run(name: str, flags: list[str], seed: int, steps: int, eval_steps: int, ou
     return c
 
 
+def _mezo_refs(runs: list[dict]) -> dict:
+    """seed -> the last evaluation of that seed's (first) mezo run."""
+    refs = {}
+    for r in runs:
+        if r.get("method") == "mezo" and r.get("points"):
+            refs.setdefault(r.get("seed"), r["points"][-1])
+    return refs
+
+
 def verdict(runs: list[dict]) -> list[dict]:
     """The issue's target, per seed, against that seed's own mezo run: its last evaluation's test
     accuracy (the 300-step accuracy when mezo ran 300 steps) and its training wall-clock T. For
     every other run of the seed: the first evaluation at or above that accuracy, its wall-clock t,
     t / T, and whether t <= T / 2."""
-    out = []
+    refs, out = _mezo_refs(runs), []
     for r in runs:
-        ref = next((m for m in runs if m.get("method") == "mezo" and m.get("seed") == r.get("seed")
-                    and m.get("points") and m is not r), None)
+        ref = refs.get(r.get("seed"))
         if r.get("method") == "mezo" or ref is None or not r.get("points"):
             continue
-        acc, total = ref["points"][-1]["test_acc"], ref["points"][-1]["train_s"]
+        acc, total = ref["test_acc"], ref["train_s"]
         hit = next((p for p in r["points"] if p["test_acc"] is not None and p["test_acc"] >= acc), None)
-        out.append({"name": r["name"], "seed": r["seed"], "mezo_steps": ref["points"][-1]["step"],
+        out.append({"name": r["name"], "seed": r["seed"], "mezo_steps": ref["step"],
                     "mezo_test_acc": acc, "mezo_train_s": total,
                     "reached_at_step": hit and hit["step"], "reached_at_s": hit and hit["train_s"],
                     "fraction_of_mezo_s": hit and hit["train_s"] / total,
@@ -94,9 +102,10 @@ def verdict(runs: list[dict]) -> list[dict]:
 
 
 def _marks(runs: list[dict], half_readme: float) -> dict:
-    """The plot's dashed line: these runs' own mezo reference (the mean over seeds of its last test
-    accuracy, half its mean wall-clock) when mezo ran here, else the README's default run."""
-    ref = [r["points"][-1] for r in runs if r.get("method") == "mezo" and r.get("points")]
+    """The plot's dashed line: these runs' own mezo reference (verdict's, per seed: the mean over
+    seeds of its last test accuracy, half its mean wall-clock) when mezo ran here, else the
+    README's default run."""
+    ref = list(_mezo_refs(runs).values())
     if not ref:
         # no vertical mark: half of MeZO's 300-step wall-clock is known in idle seconds (README),
         # this axis is in the seconds the runs measured, under whatever load they met

@@ -42,23 +42,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mezo import noise  # noqa: E402
-from mezo.noise import _shr, _sine_v2, _word  # noqa: E402
+from mezo.noise import _radius, _shr, _sine_v2, _word  # noqa: E402
 
 N = 1 << 22
 
 
 def radius19(h):
-    """sqrt(-2 ln u), u = (2 (h >>> 13) + 1) / 2**20: v2's polynomial with 20-bit uniforms."""
-    v = (((h >> 12) & 0xFFFFE) | 1).to(torch.float32)
-    b = v.view(torch.int32)
-    e = (b - 0x3F3504F3) >> 23
-    x = (b - (e << 23)).view(torch.float32) - 1.0
-    x2 = x * x
-    x4 = x2 * x2
-    q = ((x * 1.000014066696167 + -2.0) + x2 * (x * 0.49913546442985535 + -0.6666945219039917)) + \
-        x4 * ((x * 0.34778186678886414 + -0.39805907011032104) + x2 * (x * 0.19462929666042328 + -0.324788898229599))
-    r2 = x * q + (e - 20).to(torch.float32) * -1.3862943649291992
-    return torch.sqrt(r2) if torch.compiler.is_compiling() else noise._sqrt_rn(r2)  # both correctly rounded
+    """sqrt(-2 ln u), u = (2 (h >>> 13) + 1) / 2**20: v2's radius polynomial with 20-bit uniforms."""
+    return _radius((((h >> 12) & 0xFFFFE) | 1).to(torch.float32), 20)
 
 
 def pair(h):

@@ -122,8 +122,12 @@ def _sqrt_rn(x: torch.Tensor) -> torch.Tensor:
 
 def _radius_v2(h: torch.Tensor) -> torch.Tensor:
     """sqrt(-2 ln u), u = v / 2**21 with v = 2m + 1, m = h >>> 12 (see _gaussian_v2)."""
+    return _radius((((h >> 11) & 0x1FFFFE) | 1).to(torch.float32), 21)
+
+
+def _radius(v: torch.Tensor, width: int) -> torch.Tensor:
+    """sqrt(-2 ln(v / 2**width)) for odd integers 0 < v < 2**width held exactly in float32."""
     # v = 2**e (1 + x) with 1 + x in [sqrt(1/2), sqrt(2)): the float's exponent and mantissa
-    v = (((h >> 11) & 0x1FFFFE) | 1).to(torch.float32)
     b = v.view(torch.int32)
     e = (b - 0x3F3504F3) >> 23
     x = (b - (e << 23)).view(torch.float32) - 1.0
@@ -131,7 +135,7 @@ def _radius_v2(h: torch.Tensor) -> torch.Tensor:
     x4 = x2 * x2
     q = ((x * 1.000014066696167 + -2.0) + x2 * (x * 0.49913546442985535 + -0.6666945219039917)) + \
         x4 * ((x * 0.34778186678886414 + -0.39805907011032104) + x2 * (x * 0.19462929666042328 + -0.324788898229599))
-    r2 = x * q + (e - 21).to(torch.float32) * -1.3862943649291992  # -2 ln u = -2 ln(1+x) - 2 (e-21) ln 2
+    r2 = x * q + (e - width).to(torch.float32) * -1.3862943649291992  # -2 ln u = -2 ln(1+x) - 2 (e-width) ln 2
     return torch.sqrt(r2) if torch.compiler.is_compiling() else _sqrt_rn(r2)
 
 

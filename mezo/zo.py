@@ -167,6 +167,16 @@ def _update_kernel(x, idx0, ku, cu, lr, wd, ksr, *, dist, n_update: int, sr: boo
 
 
 _COMPILED: dict = {}
+# A parallel loop whatever the size of the first call, with the thread count read when it runs.
+# Left to itself, inductor makes a dynamic-shape CPU kernel serial when its first call is small
+# (a 576-element norm weight, an embedding row) and its FX graph cache, which keys on neither
+# that size nor the decision, gives the serial kernel to every later process too.
+COMPILE_OPTIONS = {"cpp.dynamic_threads": True}
+
+
+def compile_kernel(fn):
+    """torch.compile `fn` as the engine compiles its kernels (dynamic shapes, one graph)."""
+    return torch.compile(fn, dynamic=True, fullgraph=True, options=COMPILE_OPTIONS)
 
 
 def _compiled(fn):
@@ -179,7 +189,7 @@ def _compiled(fn):
         # one graph per (flags, dtype) combination: a handful per run
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 512)
-        _COMPILED[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+        _COMPILED[fn] = compile_kernel(fn)
     return _COMPILED[fn]
 
 

@@ -152,6 +152,34 @@ def test_rademacher_training_runs():
     assert torch.equal(a, b)
 
 
+def test_compiled_kernels_are_parallel_after_a_small_first_call(tmp_path, monkeypatch):
+    """inductor decides whether a dynamic-shape CPU kernel gets a parallel loop from the size of
+    its first call, and caches the result under a key that ignores that size: a 576-element first
+    call (a norm weight, one embedding row) made every later kernel of the run, and of every
+    later process, serial. The engine's kernels are compiled with a parallel loop whatever the
+    first size; the same function compiled without the engine's options is serial (the cause)."""
+    from torch._inductor.codecache import PyCodeCache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # compiled here, not taken from a cache
+
+    def kernel(x):
+        x.mul_(2.0).add_(1.0)
+
+    def same_kernel(x):  # its own code object: compiled afresh, not taken from kernel's entries
+        x.mul_(2.0).add_(1.0)
+
+    def generated(compiled) -> list[str]:
+        before = len(PyCodeCache.modules)
+        for n in (576, 1 << 16):
+            compiled(torch.ones(n))
+        sources = [open(m.__file__).read() for m in PyCodeCache.modules[before:]]
+        return [src for src in sources if 'extern "C"' in src]  # the C++ kernels
+
+    engine_way = generated(zo.compile_kernel(kernel))
+    plain = generated(torch.compile(same_kernel, dynamic=True, fullgraph=True))
+    assert engine_way and all("#pragma omp parallel" in src for src in engine_way)
+    assert plain and not any("#pragma omp parallel" in src for src in plain)
+
+
 def test_compiled_backend_matches_eager():
     """The default backend compiles the sweep into one generated kernel (C++ on CPU)."""
     pytest.importorskip("torch._inductor")

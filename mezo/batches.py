@@ -99,7 +99,10 @@ def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classifica
     micro-batch (mezo.scoring.forward_shape), and loss_fn.pair(step) -> (L+, L-) scores each
     micro-batch of this rank in one forward of [rows; rows] (the stochastic numerics' dual
     forward: the engine perturbs the first half with +eps, the second with -eps); each half's
-    per-example losses are summed exactly as loss_fn's, so both give the same bits per half."""
+    per-example losses are summed exactly as loss_fn's, so both give the same bits per half; and
+    loss_fn.batched(step) -> loss_fn(step) from one forward of this rank's micro-batch (a
+    perturbation, which the engine generates once per forward, is then generated once, not once
+    per forward of `forward_batch_size` examples)."""
     def shape(step: int, micro: int):
         return forward_shape(enc, [train[i] for i in stream.global_batch(step, micro)], kind) if batch_shape else None
 
@@ -125,5 +128,14 @@ def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classifica
         n = torch.tensor(counts, dtype=torch.float64)
         return global_mean(torch.cat(plus), n), global_mean(torch.cat(minus), n)
 
-    loss_fn.pair = pair
+    def batched(step: int) -> float:
+        values, counts = [], []
+        for micro in range(stream.accum):
+            v, c = example_losses(model, enc, [train[i] for i in stream.local_batch(step, micro)], kind,
+                                  shape(step, micro))
+            values.append(v.detach().to("cpu", torch.float64))
+            counts.extend(c)
+        return global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
+
+    loss_fn.pair, loss_fn.batched = pair, batched
     return loss_fn

@@ -94,9 +94,12 @@ def forwards_per_step(method: str, n: int) -> int:
     return n + 1 if method == "fzoo" else 2 * n
 
 
-def fzoo_step(engine, loss_fn, seeds: list[int], lr: float, eps: float, wd: float):
+def fzoo_step(engine, loss_fn, seeds: list[int], lr: float, eps: float, wd: float, batched_fn=None):
     """One FZOO step (see the module docstring). Returns (g per direction, [(L_i, L0)] per
-    direction, sigma); the update is scheduled on the engine as MeZO's (coefficients g_i / N)."""
+    direction, sigma); the update is scheduled on the engine as MeZO's (coefficients g_i / N).
+    batched_fn (numerics stochastic): loss_fn's value from one forward of the whole batch
+    (mezo.batches' loss_fn.batched), used for the perturbed losses, so that each direction's z is
+    generated once per leaf rather than once per forward of the batch's pieces."""
     fwd = sweep = 0.0
     lap = engine.stopwatch()
     engine.flush()  # the previous update (and, in place, the previous perturbation undone): theta
@@ -106,8 +109,8 @@ def fzoo_step(engine, loss_fn, seeds: list[int], lr: float, eps: float, wd: floa
     losses = []
     for seed in seeds:
         if engine.numerics == "stochastic":
-            with engine.perturbation(seed, eps, dual=False):
-                losses.append(loss_fn())
+            with engine.perturbation(seed, eps, dual=False, batched=batched_fn is not None):
+                losses.append((batched_fn or loss_fn)())
             fwd += lap()
         else:
             engine.displace(seed, +eps)

@@ -355,7 +355,8 @@ class Perturbation:
     dual=True: every leaf's batch is [rows; rows]; the first half sees theta + eps z, the second
     theta - eps z, and each half runs in `groups` equal groups of rows (the forwards the loss
     would otherwise run), so GEMM shapes do not depend on how many rows a rank holds.
-    dual=False: the whole batch sees theta + eps z (eps carries the sign).
+    dual=False: the whole batch sees theta + eps z (eps carries the sign); batched=True says the
+    forwards score a rank's whole batch at once, which then runs in `groups` groups of rows too.
 
     Padding is skipped: when the model (or its base model) is called with a 2-D attention_mask,
     a Linear whose input is [rows, T, K] with the mask's [rows, T] multiplies only the real
@@ -364,8 +365,9 @@ class Perturbation:
     batch padded to its longest row (the same shape on any number of ranks) then cost the GEMMs
     of its real tokens only."""
 
-    def __init__(self, engine: "ZOEngine", seed: int, eps: float, dual: bool):
+    def __init__(self, engine: "ZOEngine", seed: int, eps: float, dual: bool, batched: bool = False):
         self.engine, self.seed, self.dual = engine, seed, dual
+        self.split = dual or batched  # the batch holds every forward's rows: split into groups
         self.groups = engine.row_groups
         self.kern = kernels(engine.backend)
         self._eps = eps
@@ -433,15 +435,17 @@ class Perturbation:
                             dist=self.engine.dist, both=self.dual, generator=self.engine.generator)
 
     def _parts(self, rows: int, grouped: bool) -> list[tuple[int, slice]]:
-        """(sign index, row slice) of each piece of the batch: one piece without dual."""
-        if not self.dual:
+        """(sign index, row slice) of each piece of the batch: the [rows; rows] halves with dual,
+        each (and a batched forward's rows) in `groups` groups where grouped; else one piece."""
+        if not self.split:
             return [(0, slice(None))]
-        if rows % 2:
+        signs = 2 if self.dual else 1
+        if rows % signs:
             raise ValueError(f"dual forward: a leaf got {rows} rows, not [rows; rows]")
-        half = rows // 2
+        half = rows // signs
         g = self.groups if grouped and half % self.groups == 0 else 1
         n = half // g
-        return [(h, slice(h * half + i * n, h * half + (i + 1) * n)) for h in (0, 1) for i in range(g)]
+        return [(h, slice(h * half + i * n, h * half + (i + 1) * n)) for h in range(signs) for i in range(g)]
 
     # -- leaves
     def _call(self, leaf: Leaf, orig, args, kwargs):
@@ -739,9 +743,9 @@ class ZOEngine:
                        generator=self.generator)
 
     # ------------------------------------------------------------------ MeZO operations
-    def perturbation(self, seed: int, eps: float, dual: bool = True) -> Perturbation:
+    def perturbation(self, seed: int, eps: float, dual: bool = True, batched: bool = False) -> Perturbation:
         """stochastic: the context in which forwards see theta +/- eps z(seed) (see Perturbation)."""
-        return Perturbation(self, seed, eps, dual)
+        return Perturbation(self, seed, eps, dual, batched)
 
     def displace(self, seed: int, d: float):
         """Move the parameters to theta + d * z(seed), applying any pending update first

@@ -180,7 +180,8 @@ def train(run: Run) -> dict:
         lr = lr_at(t.lr_scheduler_type, t.learning_rate, t.max_steps, i)
         seeds = [step_seed(t.seed, i, j, n) for j in range(n)]
         if zo.method == "fzoo":
-            grads, losses, sigma = methods.fzoo_step(engine, lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay)
+            grads, losses, sigma = methods.fzoo_step(engine, lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay,
+                                                     batched_fn=lambda: loss_at.batched(i))
         else:
             grads, losses = engine.step(lambda: loss_at(i), seeds, lr, zo.eps, t.weight_decay,
                                         pair_fn=lambda: loss_at.pair(i))

@@ -82,6 +82,38 @@ def test_block_choice_is_a_pure_function_of_the_seed():
     assert methods.block_of("model.embed_tokens.weight") == methods.block_of("model.norm.weight") == "other"
 
 
+def test_fzoo_batched_forward_generates_each_direction_once(tiny, monkeypatch):
+    """Numerics stochastic: with batched_fn each one-sided loss is one forward of the whole batch
+    (its rows in the forwards' groups), so each direction's z is generated once per parameter,
+    not once per forward of the batch; the losses, coefficients and update are those of the
+    forward-by-forward step, bit for bit (the same GEMM shapes, the same weights)."""
+    from collections import Counter
+    from mezo import zo
+    seeds, lr, eps = [7, 8, 9], 1e-3, 1e-2
+    inner, generated = zo.Perturbation.pm, Counter()
+
+    def counting(self, name, t, lo, hi):
+        generated[name] += hi - lo
+        return inner(self, name, t, lo, hi)
+    monkeypatch.setattr(zo.Perturbation, "pm", counting)
+    runs = []
+    for batched in (False, True):
+        generated.clear()
+        model, loss_at, _ = _setup(tiny, batch_shape=True)
+        engine = ZOEngine.from_model(model, backend="eager", numerics="stochastic", dist="rademacher", row_groups=2)
+        out = methods.fzoo_step(engine, lambda: loss_at(0), seeds, lr, eps, 0.0,
+                                batched_fn=(lambda: loss_at.batched(0)) if batched else None)
+        engine.flush()
+        runs.append((out, dict(generated), _trainable(model)))
+    (loose, z_loose, theta_loose), (tight, z_tight, theta_tight) = runs
+    assert tight == loose
+    assert all(torch.equal(theta_tight[k], theta_loose[k]) for k in theta_loose)
+    # the batch of 4 in forwards of 2: z of every weight once per direction, not twice (the
+    # embedding generates only the rows it looks up, which differ between the two ways)
+    whole = {n: v.numel() for n, v in theta_loose.items() if "embed" not in n}
+    assert whole and all(z_tight[n] == 3 * k and z_loose[n] == 6 * k for n, k in whole.items())
+
+
 def test_fzoo_coefficients_and_update_against_a_hand_computation(tiny):
     """Numerics master: the forwards see cast(master + eps u) = theta + eps u in fp32 (what the hand
     computation builds), and the update is applied to the fp32 master, so both are bit-exact."""

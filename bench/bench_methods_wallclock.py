@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="*", default=list(HPARAMS), help=f"from {', '.join(HPARAMS)}")
     p.add_argument("--variant", action="append", default=[], help="NAME=METHOD:FLAGS (a dev sweep point)")
     p.add_argument("--step_s", action="append", default=[], help="METHOD_OR_NAME=SECONDS: skip its pilot")
-    p.add_argument("--pilot_steps", type=int, default=3, help="steps of the pilot that measures a method's step")
+    p.add_argument("--pilot_steps", type=int, default=5,
+                   help="steps of the pilot that measures a method's step (>= 3: the first two compile)")
     p.add_argument("--evals", type=int, default=3, help="evaluations per run (evenly spaced in steps)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per run")
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
         name, _, spec = v.partition("=")
         method, _, flags = spec.partition(":")
         runs[name] = HPARAMS[method] + shlex.split(flags)
+    if a.pilot_steps < 3:
+        p.error(f"--pilot_steps {a.pilot_steps}: needs 3 or more (the first two steps compile the kernels)")
     step_s = {k: float(v) for k, v in (s.split("=") for s in a.step_s)}
     os.makedirs(a.runs_dir, exist_ok=True)
     for name, flags in ([] if a.merge is not None else runs.items()):
@@ -168,9 +171,10 @@ def main(argv=None) -> int:
             _run(name + "_pilot", flags, a.seeds[0], a.pilot_steps, a.pilot_steps,
                          os.path.join(a.runs_dir, name + "_pilot"), extra + ["--num_dev", "4", "--num_eval", "4"],
                          a.threads)
-            # the first step carries one-off costs (compilation of the kernels): the later ones
+            # the first two steps carry one-off costs (compiling the perturbation kernels in step 1's
+            # forwards, the update kernel in step 2's sweep, as the update is applied lazily)
             m = json.load(open(os.path.join(a.runs_dir, name + "_pilot", "training_metrics.json")))
-            step_s[name] = statistics.median(s["step_time_s"] for s in m["steps"][1:])
+            step_s[name] = statistics.median(s["step_time_s"] for s in m["steps"][2:])
     jobs = []
     for seed in ([] if a.merge is not None else a.seeds):
         for name, flags in runs.items():

@@ -36,12 +36,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mezo import config, models, zo  # noqa: E402
-from mezo.batches import BatchStream, make_loss_fn  # noqa: E402
+from bench.default_steps import default_steps  # noqa: E402
+from mezo import zo  # noqa: E402
 from mezo.schedule import step_seed  # noqa: E402
-from mezo.scoring import make_encoder  # noqa: E402
-from mezo.splits import build_splits  # noqa: E402
-from mezo.tasks import get_task  # noqa: E402
 
 
 def tables() -> dict[str, zo.Kernels]:
@@ -61,17 +58,8 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args()
 
-    cfg = config.parse(["--output_dir", os.path.join("outputs", "bench_kernel_threads")])
+    cfg, _, loss, eng = default_steps("bench_kernel_threads", "compile")
     t, zc = cfg.train, cfg.zo
-    task = get_task(cfg.data.task_name, family="causal", text_column=None)
-    splits, _ = build_splits(cfg.data, task)
-    model, tok = models.load(cfg.model.name, cfg.model.gguf_file, "fp32", torch.device("cpu"))
-    torch.set_grad_enabled(False)
-    enc = make_encoder(tok, model, cfg.model.max_length)
-    stream = BatchStream(len(splits.train), t.batch_size, t.gradient_accumulation_steps, t.seed, t.forward_batch_size)
-    loss = make_loss_fn(model, enc, splits.train, stream, "classification", batch_shape=True)
-    eng = zo.ZOEngine.from_model(model, dist=zc.dist, backend="compile", numerics="stochastic",
-                                 row_groups=t.batch_size // t.forward_batch_size)
 
     table = tables()
     in_kernels = {name: [0.0, 0.0] for name in table}  # name -> [wall, cpu] inside kernel calls

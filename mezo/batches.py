@@ -106,15 +106,19 @@ def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classifica
     def shape(step: int, micro: int):
         return forward_shape(enc, [train[i] for i in stream.global_batch(step, micro)], kind) if batch_shape else None
 
-    def loss_fn(step: int) -> float:
+    def scored(step: int, whole: bool) -> float:
         values, counts = [], []
         for micro in range(stream.accum):
             sh = shape(step, micro)
-            for ids in stream.local_forwards(step, micro):
+            forwards = [stream.local_batch(step, micro)] if whole else stream.local_forwards(step, micro)
+            for ids in forwards:
                 v, c = example_losses(model, enc, [train[i] for i in ids], kind, sh)
                 values.append(v.detach().to("cpu", torch.float64))
                 counts.extend(c)
         return global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
+
+    def loss_fn(step: int) -> float:
+        return scored(step, whole=False)
 
     def pair(step: int) -> tuple[float, float]:
         plus, minus, counts = [], [], []
@@ -128,14 +132,5 @@ def make_loss_fn(model, enc, train, stream: BatchStream, kind: str = "classifica
         n = torch.tensor(counts, dtype=torch.float64)
         return global_mean(torch.cat(plus), n), global_mean(torch.cat(minus), n)
 
-    def batched(step: int) -> float:
-        values, counts = [], []
-        for micro in range(stream.accum):
-            v, c = example_losses(model, enc, [train[i] for i in stream.local_batch(step, micro)], kind,
-                                  shape(step, micro))
-            values.append(v.detach().to("cpu", torch.float64))
-            counts.extend(c)
-        return global_mean(torch.cat(values), torch.tensor(counts, dtype=torch.float64))
-
-    loss_fn.pair, loss_fn.batched = pair, batched
+    loss_fn.pair, loss_fn.batched = pair, lambda step: scored(step, whole=True)
     return loss_fn

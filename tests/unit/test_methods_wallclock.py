@@ -27,3 +27,16 @@ def test_verdict_compares_each_seed_with_its_own_mezo_run():
 
 def test_no_verdict_without_a_mezo_run_of_the_seed():
     assert verdict([_run("block", "block", 0, [(100, 150.0, 0.61)])]) == []
+
+
+def test_a_pilot_of_fewer_than_three_steps_is_refused(capsys, tmp_path):
+    """The first two steps compile kernels, so a shorter pilot has no step to price: exit 2, one
+    line naming the flag, and nothing run (no run folder made)."""
+    import pytest
+    from bench.bench_methods_wallclock import main
+    with pytest.raises(SystemExit) as e:
+        main(["--budget_s", "1", "--pilot_steps", "2", "--runs_dir", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: --pilot_steps 2: needs 3 or more (the first two steps compile the kernels)")
+    assert not (tmp_path / "runs").exists()

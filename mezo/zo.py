@@ -45,6 +45,10 @@ from torch import nn
 from mezo import noise
 
 CHUNK = 1 << 22  # elements per kernel call (bounds the temporaries of sweeps and of big leaves)
+# elements of W per chunk of a chunked Linear: every group of rows multiplies the chunk's theta +/- eps z
+# (2 x 4 MiB in fp32) while it is still in the last-level cache (SmolLM2's head: 0.5-0.75x the time
+# of 4M-element chunks, BENCHMARKS.md section 1.1)
+LINEAR_CHUNK = 1 << 20
 RUN_COST = 1 << 14  # elements a kernel call costs about as much as generating (embedding rows)
 NUMERICS = ("reference", "master", "stochastic")
 log = logging.getLogger("mezo")
@@ -486,7 +490,7 @@ class Perturbation:
         # sums over K the same way for any number of rows from there (small N takes other kernels).
         # Not when the output itself outweighs theta +/- eps z (e.g. logits at every position).
         big = W.numel() > CHUNK and xs.numel() // K * N < 2 * W.numel()
-        per = max(256, CHUNK // K // 256 * 256) if big else N
+        per = max(256, LINEAR_CHUNK // K // 256 * 256) if big else N
         if per >= N:  # each piece's product written in place: addmm / mm, as F.linear calls them
             w, b = self._pair(leaf, whole, "weight", 0, N * K), self._pair(leaf, whole, "bias", 0, N)
             y = xs.new_empty(*xs.shape[:-1], N)

@@ -8,6 +8,13 @@ one process ran before the forward batch existed).
 
     python bench/bench_forward_batch.py                 # 8 batches x 2 rounds (the first round is warm-up)
     python bench/bench_forward_batch.py --sizes 16,8,4,2 --batches 12
+
+--dual times what the size costs the default numerics instead: the default run's MeZO steps
+(its batches and step seeds, lr 0, which leaves the weights' bits) with the dual forward's rows
+in the groups that forwards of each size would have had (mezo.zo.Perturbation), each step once
+per size, the order alternating; the median of the dual forward's time (`time_forward_s`).
+
+    python bench/bench_forward_batch.py --dual --sizes 2,4,8,16 --batches 8
 """
 from __future__ import annotations
 
@@ -36,8 +43,11 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--dual", action="store_true", help="time the default numerics' dual forward instead")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
+    if a.dual:
+        return dual(sizes, a)
     cfg = config.parse(["--output_dir", os.path.join("outputs", "bench_forward_batch")])
     task = get_task(cfg.data.task_name, family="causal", text_column=None)
     splits, _ = build_splits(cfg.data, task)
@@ -70,6 +80,42 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"model": cfg.model.name, "batch_size": a.batch_size, "rows": rows}, f, indent=1)
+
+
+def dual(sizes: list[int], a) -> None:
+    """The dual forward of the default run's steps with the rows of each half in groups of each size."""
+    from bench.default_steps import default_steps
+    from mezo.schedule import step_seed
+    cfg, _, loss, eng = default_steps("bench_forward_batch", "compile")
+    t, zc = cfg.train, cfg.zo
+    times: dict[int, list[float]] = {fb: [] for fb in sizes}
+    losses: dict[int, list[tuple]] = {fb: [] for fb in sizes}
+    warmup = 2
+    for i in range(warmup + a.batches):
+        for fb in (sizes if i % 2 == 0 else sizes[::-1]):
+            eng.row_groups = t.batch_size // fb
+            _, pm = eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], 0.0, zc.eps, 0.0,
+                             pair_fn=lambda: loss.pair(i))
+            if i >= warmup:
+                times[fb].append(eng.timing["forward"])
+                losses[fb].append(pm[0])
+    base = statistics.median(times[sizes[0]])
+    rows = []
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"| forward batch | row groups per half | median dual forward (s) | vs forwards of {sizes[0]} | "
+          f"median of per-step ratios | max |L+/- - L+/-({sizes[0]})| |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for fb in sizes:
+        med = statistics.median(times[fb])
+        per = statistics.median(x / y for x, y in zip(times[fb], times[sizes[0]]))
+        dev = max(abs(x - y) for p, q in zip(losses[fb], losses[sizes[0]]) for x, y in zip(p, q))
+        rows.append({"forward_batch_size": fb, "median_forward_s": med, "ratio": med / base, "per_step_ratio": per,
+                     "max_loss_diff": dev, "forward_s": times[fb]})
+        print(f"| {fb} | {t.batch_size // fb} | {med:.3f} | {med / base:.2f}x | {per:.3f}x | {dev:.1e} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": cfg.model.name, "batch_size": t.batch_size, "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "dual": True, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

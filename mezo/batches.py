@@ -19,20 +19,28 @@ import torch
 from mezo import distributed as D
 from mezo.scoring import example_losses, forward_shape
 
-# examples per forward on CPU: divides the per-rank share of the usual global batches (8, 16,
-# 32, ...) on 1, 2 and 4 ranks, and on 2 cores it is faster than one forward of 16 (less
-# padding; BENCHMARKS.md "Forward batch size")
-CPU_FORWARD_BATCH = 2
+# examples per forward on CPU: the largest of CPU_FORWARD_BATCHES that divides the per-process
+# batch on every number of processes in CPU_SAME_FORWARDS (and on the run's own), so that a run
+# scores the same forwards, with the same bits, on 1, 2 or 4 processes. Bigger forwards of the
+# stochastic numerics' dual forward multiply its real tokens in bigger matrix products (forwards
+# of 4 instead of 2: 0.84x the dual forward's time on the default run; BENCHMARKS.md section 7)
+CPU_FORWARD_BATCHES = (4, 2)
+CPU_SAME_FORWARDS = (1, 2, 4)
 
 
 def forward_batch_size(flag: str, batch_size: int, world: int, device_type: str) -> int:
     """The examples per forward for `--forward_batch_size flag` (ValueError: what is wrong).
-    "auto": CPU_FORWARD_BATCH on CPU (1 when a rank's share is odd); on GPU the whole per-rank
-    share in one forward, since there a forward of 2 costs about as much as one of 16."""
+    "auto" on CPU: the largest of CPU_FORWARD_BATCHES dividing the per-process batch on each of
+    CPU_SAME_FORWARDS processes that divides the batch, and on `world` (batch 16: 4; batch 8: 2);
+    else 2 when the run's own share is even, else 1 (then other world sizes may score other
+    forwards). On GPU the whole per-rank share in one forward, since there a forward of 2 costs
+    about as much as one of 16."""
     share = batch_size // world
     if flag == "auto":
         if device_type == "cpu":
-            return CPU_FORWARD_BATCH if share % CPU_FORWARD_BATCH == 0 else 1
+            shares = [batch_size // w for w in (*CPU_SAME_FORWARDS, world) if batch_size % w == 0]
+            return next((f for f in CPU_FORWARD_BATCHES if all(s % f == 0 for s in shares)),
+                        2 if share % 2 == 0 else 1)
         return share
     n = int(flag) if flag.isdigit() else 0
     if n < 1:

@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch_size", type=int, default=16, help="global batch per micro-step (split over ranks)")
     a("--forward_batch_size", default="auto",
       help="examples per forward pass (training losses); the same forwards run whatever the number of "
-           "processes, so runs are bit-identical across world sizes; auto: 2 on CPU, the per-process batch on GPU")
+           "processes, so runs are bit-identical across world sizes; auto: on CPU 4 or 2, the largest dividing the "
+           "per-process batch on 1, 2 and 4 processes, on GPU the per-process batch")
     a("--eval_batch_size", type=int, default=16, help="examples per evaluation forward (any number of processes)")
     a("--learning_rate", type=float, default=1e-5, help="learning rate (the peak, with a linear schedule)")
     a("--max_steps", type=int, default=300, help="training steps")

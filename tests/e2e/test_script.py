@@ -97,7 +97,7 @@ STEP_KEYS = ("step", "seeds", "loss", "loss_plus", "loss_minus", "projected_grad
 @pytest.mark.parametrize("batch", ["8", "16"])
 def test_fsdp2_runs_are_bit_identical_on_1_2_and_4_processes(tiny, tmp_path, batch):
     """python vs torchrun with 2 and 4 processes (FSDP2, gloo), default flags, one thread per
-    process: every forward scores the same examples (--forward_batch_size auto = 2 on CPU) and
+    process: every forward scores the same examples (--forward_batch_size auto on CPU: 2 at batch 8, 4 at batch 16) and
     the losses are summed exactly, so every step record and every saved weight is the same."""
     m1, w1 = _run(tiny, tmp_path / "np1", 1, ["--batch_size", batch])
     base = load_file(os.path.join(tiny, "model.safetensors"))

@@ -26,13 +26,17 @@ def test_forwards_are_the_same_on_1_2_and_4_ranks(monkeypatch, batch):
         per = len(out[0]) // 6
         return [f for k in range(6) for r in range(world) for f in out[r][k * per:(k + 1) * per]]
     one = forwards(1)
-    assert all(len(f) == batches.CPU_FORWARD_BATCH for f in one)
+    assert all(len(f) == {8: 2, 16: 4}[batch] for f in one)
     assert forwards(2) == one and forwards(4) == one
 
 
 def test_forward_batch_size_rules():
-    assert forward_batch_size("auto", 16, 4, "cpu") == 2
-    assert forward_batch_size("auto", 7, 1, "cpu") == 1       # an odd share: one example per forward
+    # CPU: the largest of 4 and 2 dividing the per-process batch on 1, 2 and 4 processes and on this run's
+    assert [forward_batch_size("auto", 16, w, "cpu") for w in (1, 2, 4)] == [4, 4, 4]
+    assert [forward_batch_size("auto", 8, w, "cpu") for w in (1, 2, 4)] == [2, 2, 2]
+    assert forward_batch_size("auto", 16, 8, "cpu") == 2       # 8 processes: 2 each
+    assert forward_batch_size("auto", 12, 1, "cpu") == 2       # 3 on 4 processes: no common size; 2 here
+    assert forward_batch_size("auto", 7, 1, "cpu") == 1        # an odd share: one example per forward
     assert forward_batch_size("auto", 16, 2, "cuda") == 8     # GPU: the whole per-rank share
     assert forward_batch_size("4", 16, 2, "cpu") == 4
     with pytest.raises(ValueError, match="does not divide the per-process batch"):

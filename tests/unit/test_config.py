@@ -34,7 +34,7 @@ def test_derived_values_are_fields(tmp_path):
     cfg = _cfg(tmp_path)
     assert (cfg.model.family, cfg.model.task_family, cfg.data.family) == ("llama", "causal", "causal")
     assert cfg.data.task_name == "SST2" and os.path.samefile(cfg.data.data_dir, SAMPLE)  # bundled, no --data_dir
-    assert cfg.train.forward_batch_size == 2 and cfg.data.num_eval == 200  # auto on CPU; causal default
+    assert cfg.train.forward_batch_size == 4 and cfg.data.num_eval == 200  # auto on CPU (batch 16); causal default
     assert cfg.train.trainer == "mezo" and cfg.mode == "mezo" and cfg.checkpoint.plan.fresh
     assert _cfg(tmp_path, "--zero_shot", "--num_train", "0").train.trainer == "zero_shot"
     assert _cfg(tmp_path, "--trainer", "ft", "--use_lora").mode == "ft_lora"

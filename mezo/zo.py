@@ -45,9 +45,9 @@ from torch import nn
 from mezo import noise
 
 CHUNK = 1 << 22  # elements per kernel call (bounds the temporaries of sweeps and of big leaves)
-# elements of W per chunk of a chunked Linear: every group of rows multiplies the chunk's theta +/- eps z
-# (2 x 4 MiB in fp32) while it is still in the last-level cache (SmolLM2's head: 0.5-0.75x the time
-# of 4M-element chunks, BENCHMARKS.md section 1.1)
+# elements of W per chunk of a Linear bigger than CHUNK: every piece of the batch multiplies the
+# chunk's theta +/- eps z (2 x 4 MiB in fp32) while it is still in the last-level cache
+# (BENCHMARKS.md section 1.1)
 LINEAR_CHUNK = 1 << 20
 RUN_COST = 1 << 14  # elements a kernel call costs about as much as generating (embedding rows)
 NUMERICS = ("reference", "master", "stochastic")
@@ -486,29 +486,25 @@ class Perturbation:
             xs, parts = x.reshape(-1, K).index_select(0, tok[1]), tok[2]
         else:
             xs, parts = x, self._parts(x.shape[0], True)
-        # rows of W per chunk (each output feature needs only its own row), a multiple of 256: BLAS
-        # sums over K the same way for any number of rows from there (small N takes other kernels).
-        # Not when the output itself outweighs theta +/- eps z (e.g. logits at every position).
-        big = W.numel() > CHUNK and xs.numel() // K * N < 2 * W.numel()
-        per = max(256, LINEAR_CHUNK // K // 256 * 256) if big else N
-        if per >= N:  # each piece's product written in place: addmm / mm, as F.linear calls them
-            w, b = self._pair(leaf, whole, "weight", 0, N * K), self._pair(leaf, whole, "bias", 0, N)
-            y = xs.new_empty(*xs.shape[:-1], N)
-            x2, y2, inner = xs.reshape(-1, K), y.view(-1, N), xs[:1].numel() // K
+        # A big weight is perturbed and multiplied in chunks of its rows (each output feature needs
+        # only its own row): theta +/- eps z of a chunk is a few MiB instead of two copies of W, and
+        # every piece of the batch multiplies it while it is in the last-level cache. A multiple of
+        # 256 rows: BLAS sums over K the same way for any number of rows from there (small N takes
+        # other kernels). Each product is written in place (addmm / mm, as F.linear calls them),
+        # a chunk's into its columns of the output (row stride N: no copy).
+        per = max(256, LINEAR_CHUNK // K // 256 * 256) if W.numel() > CHUNK else N
+        y = xs.new_empty(*xs.shape[:-1], N)
+        x2, y2, inner = xs.reshape(-1, K), y.view(-1, N), xs[:1].numel() // K
+        for r0 in range(0, N, per):
+            r1 = min(N, r0 + per)
+            w, b = self._pair(leaf, whole, "weight", r0 * K, r1 * K), self._pair(leaf, whole, "bias", r0, r1)
             for h, s in parts:
                 r = slice((s.start or 0) * inner, (xs.shape[0] if s.stop is None else s.stop) * inner)
-                wt = w[h].view(N, K).t()
+                wt = w[h].view(r1 - r0, K).t()
                 if b[h] is None:
-                    torch.mm(x2[r], wt, out=y2[r])
+                    torch.mm(x2[r], wt, out=y2[r, r0:r1])
                 else:
-                    torch.addmm(b[h], x2[r], wt, out=y2[r])
-        else:
-            y = xs.new_empty(*xs.shape[:-1], N)
-            for r0 in range(0, N, per):
-                r1 = min(N, r0 + per)
-                w, b = self._pair(leaf, whole, "weight", r0 * K, r1 * K), self._pair(leaf, whole, "bias", r0, r1)
-                for h, s in parts:
-                    y[s][..., r0:r1] = F.linear(xs[s], w[h].view(r1 - r0, K), b[h])
+                    torch.addmm(b[h], x2[r], wt, out=y2[r, r0:r1])
         if not packed:
             return y
         out = x.new_zeros(x.shape[0] * x.shape[1], N)

@@ -2,11 +2,12 @@
 default model, with the default run's batches.
 
 SmolLM2-135M-Instruct (the offline package, fp32), the default run's SST-2 training examples and
-its batches (BatchStream: batch 16, forwards of 2 on CPU, the step's seed), built through the
+its batches (BatchStream: batch 16, forwards of --forward_batch_size auto: 4 on CPU since
+2026-12-03, 2 before; the step's seed), built through the
 default run's own config. In one process, interleaved step by step (machine noise hits every
 method alike; every method scores step i's batch in round i), the median over the timed steps:
 
-  2 forwards            the default run's loss twice (forwards of 2, each padded to its own
+  2 forwards            the default run's loss twice (its forwards, each padded to its own
                         longest row): the floor for any MeZO step
   2 forwards (padded)   the same, every forward padded to the batch's longest row (the shape the
                         stochastic numerics' forwards have, so that they do not depend on the

@@ -47,7 +47,7 @@ from mezo import noise
 CHUNK = 1 << 22  # elements per kernel call (bounds the temporaries of sweeps and of big leaves)
 # elements of W per chunk of a Linear bigger than CHUNK: every piece of the batch multiplies the
 # chunk's theta +/- eps z (2 x 4 MiB in fp32) while it is still in the last-level cache
-# (BENCHMARKS.md section 1.1)
+# (BENCHMARKS.md section 1.3)
 LINEAR_CHUNK = 1 << 20
 RUN_COST = 1 << 14  # elements a kernel call costs about as much as generating (embedding rows)
 NUMERICS = ("reference", "master", "stochastic")

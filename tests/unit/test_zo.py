@@ -298,10 +298,6 @@ def test_chunked_linear_equals_plain(monkeypatch):
     sums over K the same way for any number of rows from 256 on (measured on x86_64 with MKL for
     the SmolLM2 / OPT head shapes; with 6-row chunks it does not), so the chunks give the
     unchunked bits."""
-    # the head on the mean over positions (one row per example, as a classification head on the
-    # last position): at every position its logits would outweigh theta +/- eps z, and it runs whole
-    monkeypatch.setattr(TiedNet, "forward", lambda self, ids: self.head(
-        self.out(torch.tanh(self.norm(self.lin(self.emb(ids))))).mean(1)))
     theta, g_ref, l_ref = plain_reference(2, 1, 1e-3, 0.05, 0.1, vocab=1024)
     monkeypatch.setattr(zo, "CHUNK", 4096)  # the 1024 x 16 head is chunked ...
     monkeypatch.setattr(zo, "LINEAR_CHUNK", 4096)  # ... in 4 chunks of 256 rows

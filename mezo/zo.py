@@ -180,9 +180,9 @@ _COMPILED: dict = {}
 # inductor's default, 30, inlines any node of up to 30 ops into each of its users). The generator
 # reuses nearly every value (each xorshift reads its input twice, the polynomials read x and x^2
 # several times), so inlining re-traces the same subexpressions over and over: the pm and update
-# kernels took 15-30 s each to compile cold. As buffers they cost 2-3 s; they all fuse into the
-# one loop, where inductor drops them (kernel-local), so the generated kernel and its speed are
-# the same, bit for bit (BENCHMARKS.md, "Compile time of the kernels").
+# kernels took 20-35 s each to compile cold. As buffers they take 3-4 s; they all fuse into the
+# one loop, where inductor keeps them in registers (kernel-local), so the kernels give the same
+# bits at the same speed (bench/bench_compile.py, BENCHMARKS.md section 2.1).
 COMPILE_OPTIONS = {"cpp.dynamic_threads": True, "realize_opcount_threshold": 1}
 
 

@@ -150,8 +150,8 @@ def gguf_cache(path: str, gguf: str | None, dtype: str, family: str = "causal") 
     """The folder that holds (or will hold) a local GGUF model converted as `load` converts it
     (dequantised to `dtype`, saved as safetensors with its tokenizer), or None when nothing is
     cached (not a local GGUF file, or MEZO_CACHE=off). Converting the default model's GGUF file
-    takes ~18 s (the file is parsed three times: tokenizer, config, weights); reading the saved
-    folder back takes about a second. The key is the file's content and every version that
+    takes ~21 s (the file is parsed three times: tokenizer, config, weights); reading the saved
+    folder back 0.23 s (BENCHMARKS.md section 2.1). The key is the file's content and every version that
     takes part in the conversion, so a changed file or library converts afresh."""
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mezo")
     file = os.path.join(os.path.expanduser(path), gguf) if gguf else None
@@ -192,7 +192,10 @@ def _write_cache(folder: str, model: nn.Module, tok, source: str) -> None:
     tmp = f"{folder}.tmp-{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(folder), exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for name in os.listdir(os.path.dirname(folder)):  # left by a writer that was killed
+            pid = name[len(os.path.basename(folder)) + 5:] if name.startswith(os.path.basename(folder) + ".tmp-") else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(os.path.dirname(folder), name), ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         with open(os.path.join(tmp, CACHE_COMPLETE), "w", encoding="utf-8") as f:
@@ -202,6 +205,16 @@ def _write_cache(folder: str, model: nn.Module, tok, source: str) -> None:
         pass  # another rank got there first, or the cache cannot be written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_tokenizer(model_name: str, gguf_file: str | None, dtype: str = "fp32", family: str = "causal"):

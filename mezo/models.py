@@ -189,13 +189,14 @@ def _write_cache(folder: str, model: nn.Module, tok, source: str) -> None:
     so that a kill, or another rank writing the same cache, never leaves a half-written folder
     that is used. A failure to write (read-only home, full disk) only costs the next run time."""
     import shutil
-    tmp = f"{folder}.tmp-{os.getpid()}"
+    parent, prefix = os.path.dirname(folder), os.path.basename(folder) + ".tmp-"
+    tmp = os.path.join(parent, f"{prefix}{os.getpid()}")
     try:
-        os.makedirs(os.path.dirname(folder), exist_ok=True)
-        for name in os.listdir(os.path.dirname(folder)):  # left by a writer that was killed
-            pid = name[len(os.path.basename(folder)) + 5:] if name.startswith(os.path.basename(folder) + ".tmp-") else ""
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(os.path.join(os.path.dirname(folder), name), ignore_errors=True)
+        os.makedirs(parent, exist_ok=True)
+        for name in os.listdir(parent):  # left by a writer that was killed
+            pid = name[len(prefix):]
+            if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         with open(os.path.join(tmp, CACHE_COMPLETE), "w", encoding="utf-8") as f:

@@ -48,7 +48,7 @@ def tables() -> dict[str, zo.Kernels]:
     serial = lambda fn: torch.compile(fn, dynamic=True, fullgraph=True,  # noqa: E731
                                       options={"cpp.min_chunk_size": 1 << 60})
     return {"engine": engine, "serial": zo.Kernels(serial(zo._sweep_kernel), serial(zo._pm_kernel),
-                                                   serial(zo._update_kernel))}
+                                                   serial(zo._update_kernel), serial(zo._pm_rows_kernel))}
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
             return out
         return call
 
-    wrapped = {name: zo.Kernels(*(timed(name, f) for f in (k.sweep, k.pm, k.update))) for name, k in table.items()}
+    wrapped = {name: zo.Kernels(*(timed(name, f) for f in (k.sweep, k.pm, k.update, k.pm_rows))) for name, k in table.items()}
     current = {"name": "engine"}
     zo.kernels = lambda backend: wrapped[current["name"]]  # the engine and its Perturbation look it up per use
 

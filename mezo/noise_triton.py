@@ -235,7 +235,8 @@ def _interpret() -> bool:
 
 
 # ---------------------------------------------------------------------------- the stochastic numerics
-# Twins of zo._pm_kernel (the dual forward's theta +/- eps z) and zo._update_kernel (the update,
+# Twins of zo._pm_kernel (the dual forward's theta +/- eps z), zo._pm_rows_kernel (the same for an
+# embedding's looked-up rows) and zo._update_kernel (the update,
 # rounded stochastically). z comes from _z above (the twin of noise.z_range) and the rounding
 # bits from _bits_lowbias32 (the twin of noise.bits_range).
 if HAVE_TRITON:
@@ -249,6 +250,21 @@ if HAVE_TRITON:
         dt: tl.constexpr = theta_ptr.dtype.element_ty
         v = tl.load(theta_ptr + offs, mask=mask).to(tl.float32)
         t = tl.load(eps_ptr) * _z(idx, k_ptr, GAUSS, LIBDEVICE, GEN)
+        tl.store(plus_ptr + offs, _cast(v + t, dt), mask=mask)
+        if BOTH:
+            tl.store(minus_ptr + offs, _cast(v - t, dt), mask=mask)
+
+    @triton.jit
+    def _pm_rows(table_ptr, rows_ptr, plus_ptr, minus_ptr, n, d, k_ptr, eps_ptr,
+                 GAUSS: tl.constexpr, BOTH: tl.constexpr, LIBDEVICE: tl.constexpr, GEN: tl.constexpr,
+                 BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        row = tl.load(rows_ptr + offs // d, mask=mask, other=0)
+        at = row * d + offs % d  # the element's index in the whole table
+        dt: tl.constexpr = table_ptr.dtype.element_ty
+        v = tl.load(table_ptr + at, mask=mask).to(tl.float32)
+        t = tl.load(eps_ptr) * _z(at.to(tl.uint32), k_ptr, GAUSS, LIBDEVICE, GEN)
         tl.store(plus_ptr + offs, _cast(v + t, dt), mask=mask)
         if BOTH:
             tl.store(minus_ptr + offs, _cast(v - t, dt), mask=mask)
@@ -284,6 +300,23 @@ def triton_pm(theta, start, k, eps, *, dist, both: bool, generator: str = noise.
     if n:
         _pm[(triton.cdiv(n, BLOCK),)](
             theta, plus, minus if both else plus, n, _vec(start, torch.int32, dev), _vec(k, torch.int32, dev),
+            _vec(eps, torch.float32, dev), GAUSS=dist == "gaussian", BOTH=bool(both),
+            LIBDEVICE=dev.type == "cuda" and not _interpret(), GEN=GEN_ID[generator], BLOCK=BLOCK, num_warps=4,
+            enable_fp_fusion=False)
+    return plus, minus
+
+
+def triton_pm_rows(table, rows, k, eps, *, dist, both: bool, generator: str = noise.DEFAULT_GENERATOR):
+    """Drop-in for `zo._pm_rows_kernel`: theta +/- eps z of the rows `rows` of a 2-D table."""
+    assert table.is_contiguous() and table.dim() == 2
+    dev, d = table.device, table.shape[1]
+    rows = _vec(rows, torch.int64, dev)
+    plus = table.new_empty(rows.numel(), d)
+    minus = torch.empty_like(plus) if both else None
+    n = plus.numel()
+    if n:
+        _pm_rows[(triton.cdiv(n, BLOCK),)](
+            table, rows, plus, minus if both else plus, n, d, _vec(k, torch.int32, dev),
             _vec(eps, torch.float32, dev), GAUSS=dist == "gaussian", BOTH=bool(both),
             LIBDEVICE=dev.type == "cuda" and not _interpret(), GEN=GEN_ID[generator], BLOCK=BLOCK, num_warps=4,
             enable_fp_fusion=False)

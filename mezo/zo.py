@@ -49,7 +49,6 @@ CHUNK = 1 << 22  # elements per kernel call (bounds the temporaries of sweeps an
 # chunk's theta +/- eps z (2 x 4 MiB in fp32) while it is still in the last-level cache
 # (BENCHMARKS.md section 1.3)
 LINEAR_CHUNK = 1 << 20
-RUN_COST = 1 << 14  # elements a kernel call costs about as much as generating (embedding rows)
 NUMERICS = ("reference", "master", "stochastic")
 log = logging.getLogger("mezo")
 
@@ -138,6 +137,18 @@ def _pm_kernel(theta, idx0, k, eps, *, dist, both: bool, generator: str = noise.
     return (plus, (v - t).to(theta.dtype)) if both else (plus, None)
 
 
+def _pm_rows_kernel(table, rows, k, eps, *, dist, both: bool, generator: str = noise.DEFAULT_GENERATOR):
+    """_pm_kernel for the rows `rows` (int64, [R]) of a 2-D table (an embedding's looked-up
+    rows): [R, D] tensors, z from the global indices row * D + column. One call for rows spread
+    over the whole table (a batch's token ids), where a call per row costs more than the row."""
+    d = table.shape[1]
+    idx = rows.to(torch.int32)[:, None] * d + torch.arange(d, dtype=torch.int32, device=table.device)
+    t = eps * noise.z_from_index(idx, k, dist, generator)
+    v = table.index_select(0, rows).float()
+    plus = (v + t).to(table.dtype)
+    return (plus, (v - t).to(table.dtype)) if both else (plus, None)
+
+
 def stochastic_round(v: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """fp32 `v` rounded to bf16/fp16 stochastically: up (in magnitude) with probability equal to
     the dropped fraction, using the low bits of the int32 `bits`, so E[result] = v. On the bit
@@ -211,15 +222,17 @@ class Kernels:
     sweep: Callable
     pm: Callable
     update: Callable
+    pm_rows: Callable
 
 
 def kernels(backend: str) -> Kernels:
     if backend == "triton":
         from mezo import noise_triton as nt
-        return Kernels(nt.triton_sweep, nt.triton_pm, nt.triton_update)
+        return Kernels(nt.triton_sweep, nt.triton_pm, nt.triton_update, nt.triton_pm_rows)
     if backend == "compile":
-        return Kernels(_compiled(_sweep_kernel), _compiled(_pm_kernel), _compiled(_update_kernel))
-    return Kernels(_sweep_kernel, _pm_kernel, _update_kernel)
+        return Kernels(_compiled(_sweep_kernel), _compiled(_pm_kernel), _compiled(_update_kernel),
+                       _compiled(_pm_rows_kernel))
+    return Kernels(_sweep_kernel, _pm_kernel, _update_kernel, _pm_rows_kernel)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -276,8 +289,13 @@ def parity_check(backend: str, device: torch.device, dist: str, numerics: str, c
         if numerics == "stochastic":
             for name, k in (("pm", got), ("pm_ref", want)):
                 outs[name] = k.pm(theta, start, k1, f32(1e-2), dist=dist, both=True, generator=generator)
+            rows = torch.tensor([0, 3, 4, 29, 74], device=device)  # of theta as a 75 x 40 table
+            for name, k in (("rows", got), ("rows_ref", want)):
+                outs[name] = k.pm_rows(theta.view(75, 40), rows, k1, f32(1e-2), dist=dist, both=True,
+                                       generator=generator)
             pairs = [("theta + eps z", outs["pm"][0], outs["pm_ref"][0], dist),
-                     ("theta - eps z", outs["pm"][1], outs["pm_ref"][1], dist)]
+                     ("theta - eps z", outs["pm"][1], outs["pm_ref"][1], dist),
+                     ("embedding rows +/- eps z", torch.cat(outs["rows"]), torch.cat(outs["rows_ref"]), dist)]
             # the rounding bits are compared exactly: Rademacher directions on bf16 weights
             for name, k in (("update", got), ("update_ref", want)):
                 x = theta.to(torch.bfloat16)
@@ -386,6 +404,7 @@ class Perturbation:
         # block-sparse methods: only these parameters are perturbed (None: all)
         self.active = engine.select(seed) if engine.select is not None else None
         self._keys: dict[str, torch.Tensor] = {}
+        self._eps_t: torch.Tensor | None = None
         self._installed: list[tuple[nn.Module, object]] = []
         self._hooks: list = []
         # the real tokens of the current forward: (mask shape, flat row index, [(sign, slice)])
@@ -437,14 +456,21 @@ class Perturbation:
         """(theta + eps z, theta - eps z or None) for the flat elements [lo, hi) of the parameter
         `name` as the leaf sees it (full, i.e. unsharded): z from global indices."""
         dev = t.device
+        flat = t.detach().reshape(-1)[lo:hi]
+        self.engine.z_elements += hi - lo
+        return self.kern.pm(flat, torch.tensor(lo, dtype=torch.int32, device=dev), self._key(name, dev),
+                            self._eps_on(dev), dist=self.engine.dist, both=self.dual, generator=self.engine.generator)
+
+    def _key(self, name: str, dev: torch.device) -> torch.Tensor:
         k = self._keys.get(name)
         if k is None:
             k = self._keys[name] = torch.tensor(noise.keys(self.seed, name), dtype=torch.int32, device=dev)
-        flat = t.detach().reshape(-1)[lo:hi]
-        eps = torch.tensor(float(self._eps), dtype=torch.float32, device=dev)
-        self.engine.z_elements += hi - lo
-        return self.kern.pm(flat, torch.tensor(lo, dtype=torch.int32, device=dev), k, eps,
-                            dist=self.engine.dist, both=self.dual, generator=self.engine.generator)
+        return k
+
+    def _eps_on(self, dev: torch.device) -> torch.Tensor:
+        if self._eps_t is None or self._eps_t.device != dev:
+            self._eps_t = torch.tensor(float(self._eps), dtype=torch.float32, device=dev)
+        return self._eps_t
 
     def _parts(self, rows: int, grouped: bool) -> list[tuple[int, slice]]:
         """(sign index, row slice) of each piece of the batch: the [rows; rows] halves with dual,
@@ -474,15 +500,19 @@ class Perturbation:
     def _pair(self, leaf: Leaf, whole: dict, attr: str, lo: int, hi: int):
         """(plus, minus) flat weights of `attr` elements [lo, hi), or the frozen tensor twice."""
         t = whole.get(attr)
-        name = dict(leaf.params).get(attr)
-        if name is not None and self.active is not None and name not in self.active:
-            name = None  # not perturbed this step: as a frozen parameter
+        name = self._perturbed(leaf, attr)
         if t is None:
             return None, None
         if name is None:
             flat = t.reshape(-1)[lo:hi]
             return flat, flat
         return self.pm(name, t, lo, hi)
+
+    def _perturbed(self, leaf: Leaf, attr: str) -> str | None:
+        """The parameter name of `attr` when this step perturbs it, else None (frozen, or outside
+        the step's chosen blocks)."""
+        name = dict(leaf.params).get(attr)
+        return None if name is not None and self.active is not None and name not in self.active else name
 
     def _linear(self, leaf: Leaf, x: torch.Tensor) -> torch.Tensor:
         whole = self._whole(leaf)
@@ -519,25 +549,19 @@ class Perturbation:
         return out.index_copy_(0, tok[1], y).view(*x.shape[:2], N)
 
     def _embedding(self, leaf: Leaf, ids: torch.Tensor) -> torch.Tensor:
-        """Only the looked-up rows of the table are perturbed: one kernel call per run of rows,
-        rows closer than RUN_COST elements merged into one run (a call costs about as much)."""
-        whole = self._whole(leaf)
-        W = whole["weight"]
-        D = W.shape[1]
+        """Only the looked-up rows of the table are perturbed, all in one kernel call (a batch's
+        token ids are spread over the whole table: a call per run of rows cost ~1000 calls per
+        step on a 50K-row vocabulary, BENCHMARKS.md section 1.2)."""
+        W = self._whole(leaf)["weight"]
         rows, inv = torch.unique(ids, sorted=True, return_inverse=True)
-        r, gap = rows.tolist(), max(1, RUN_COST // D)
-        runs, first = [], 0
-        for i in range(1, len(r) + 1):
-            if i == len(r) or r[i] - r[i - 1] > gap or (r[i] - r[first] + 1) * D > CHUNK:
-                runs.append(r[first:i])
-                first = i
-        plus, minus = [], []
-        for run in runs:
-            p, m = self._pair(leaf, whole, "weight", run[0] * D, (run[-1] + 1) * D)
-            at = torch.tensor([x - run[0] for x in run], device=W.device)
-            plus.append(p.view(-1, D).index_select(0, at))
-            minus.append(m.view(-1, D).index_select(0, at) if self.dual else None)
-        tables = [torch.cat(plus)] + ([torch.cat(minus)] if self.dual else [])
+        name = self._perturbed(leaf, "weight")
+        if name is None:
+            plus = minus = W.index_select(0, rows)
+        else:
+            self.engine.z_elements += rows.numel() * W.shape[1]
+            plus, minus = self.kern.pm_rows(W, rows, self._key(name, W.device), self._eps_on(W.device),
+                                            dist=self.engine.dist, both=self.dual, generator=self.engine.generator)
+        tables = [plus] + ([minus] if self.dual else [])
         outs = [F.embedding(inv[s], tables[h]) for h, s in self._parts(ids.shape[0], False)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 

@@ -201,6 +201,26 @@ def test_dual_forward_weights(nt, dist, dtype):
     assert one[1] is None and torch.equal(one[0], got[1])  # theta + (-eps) z == theta - eps z
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_embedding_rows(nt, dist, dtype):
+    """triton_pm_rows == zo._pm_rows_kernel: the looked-up rows of a table, z from row * D + column."""
+    table = torch.randn(60, 50).to(dtype)
+    rows = torch.tensor([0, 1, 2, 33, 59])
+    want = zo._pm_rows_kernel(table, rows, I32(noise.keys(5, "emb")), F32(1e-2), dist=dist, both=True)
+    got = nt.triton_pm_rows(table, rows, noise.keys(5, "emb"), 1e-2, dist=dist, both=True)
+    one = nt.triton_pm_rows(table, rows, noise.keys(5, "emb"), -1e-2, dist=dist, both=False)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape == (5, 50) and a.dtype == dtype
+        if dist == "rademacher":
+            assert torch.equal(a, b)
+        elif dtype == torch.float32:
+            torch.testing.assert_close(a, b, rtol=Z_RTOL, atol=Z_ATOL)
+        else:  # as test_dual_forward_weights: at most one ulp of the cast apart
+            torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -7, atol=0)
+    assert one[1] is None and torch.equal(one[0], got[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n_update", [1, 2])
 def test_stochastic_rounding_update_bit_exact(nt, dtype, n_update):

@@ -281,15 +281,36 @@ def test_stochastic_schedule_equals_plain_algorithm_fp32(n, dual, groups, dist):
 
 def test_dual_forward_z_evaluations_per_step():
     """Two z evaluations per element per step: one shared by +eps and -eps (plus the embedding's
-    looked-up rows, once more: here the span from the first to the last, closer than RUN_COST),
-    one for the update; one forward per sign costs three."""
+    distinct looked-up rows, once more), one for the update; one forward per sign costs three."""
     m = TiedNet()
     numel = sum(p.numel() for p in m.parameters())
-    rows = (IDS.max() - IDS.min() + 1).item() * 16
+    rows = IDS.unique().numel() * m.emb.weight.shape[1]
+    assert 0 < rows < (IDS.max() - IDS.min() + 1).item() * 16  # fewer than the span of rows
     _, eng, _, _ = stochastic_run(3, 1, 1e-3, 0.05, 0.0)
     assert eng.z_elements == 3 * (2 * numel + rows)
     _, eng, _, _ = stochastic_run(3, 1, 1e-3, 0.05, 0.0, dual=False)
     assert eng.z_elements == 3 * (3 * numel + 2 * rows)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_embedding_rows_kernel_equals_the_flat_kernel_per_row(dist, dtype):
+    """pm_rows (an embedding's looked-up rows in one call) gives, row for row, the bits of the
+    flat kernel over that row's slice of the table (z from the same global indices), in eager and
+    in the compiled backend (both compile the same IEEE-exact operations, no FMA)."""
+    table = torch.randn(50, 24).to(dtype)
+    rows = torch.tensor([0, 7, 8, 9, 31, 49])
+    k = torch.tensor(noise.keys(3, "emb.weight"), dtype=torch.int32)
+    eps = torch.tensor(1e-2)
+    want = [zo._pm_kernel(table[r], torch.tensor(int(r) * 24, dtype=torch.int32), k, eps, dist=dist, both=True)
+            for r in rows]
+    for backend in ("eager", "compile"):
+        plus, minus = zo.kernels(backend).pm_rows(table, rows, k, eps, dist=dist, both=True)
+        assert plus.shape == minus.shape == (6, 24) and plus.dtype == dtype
+        assert torch.equal(plus, torch.stack([w[0] for w in want])), backend
+        assert torch.equal(minus, torch.stack([w[1] for w in want])), backend
+        one, none = zo.kernels(backend).pm_rows(table, rows, k, -eps, dist=dist, both=False)
+        assert none is None and torch.equal(one, minus)
 
 
 def test_chunked_linear_equals_plain(monkeypatch):

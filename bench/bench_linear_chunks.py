@@ -29,6 +29,7 @@ from mezo import noise, zo  # noqa: E402
 SHAPES = {  # name -> (N, K, rows per piece, positions per row, pieces)
     "SmolLM2-135M head, last position": (49152, 576, 4, 1, 8),
     "OPT-125M head, every position": (50272, 768, 16, 64, 2),
+    "OPT-like 16M head (bench_step.py), every position": (50272, 256, 16, 64, 2),
 }
 
 

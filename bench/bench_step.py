@@ -16,6 +16,7 @@ and reports the median step time of each divided by the median of "2 forwards".
 
     python bench/bench_step.py                          # 0.2M, 16M, 124M; batch 16 x 64
     python bench/bench_step.py --sizes 16m --rounds 5
+    python bench/bench_step.py --methods stochastic       # only the default numerics beside 2 forwards
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ from mezo import zo  # noqa: E402
 SIZES = {"0.2m": (32, 2, 4, 128, 4096), "16m": (256, 4, 4, 1024, 50272), "124m": (768, 12, 12, 3072, 50272)}
 
 
+METHODS = ["2 forwards", "stochastic", "in place", "reference"]
+
+
 def build(size: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, OPTConfig
     h, n, heads, ffn, vocab = SIZES[size]
@@ -58,18 +62,20 @@ def bench(size: str, args) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(4, model.config.vocab_size, (args.batch_size, args.seq_len),
                         generator=torch.Generator().manual_seed(0))
-    ref_model = copy.deepcopy(model)  # the in-place engines leave a perturbation pending: own weights
-    inplace_model = copy.deepcopy(model)
     engine = zo.ZOEngine.from_model(model, backend=args.backend, numerics="stochastic")
-    inplace = zo.ZOEngine.from_model(inplace_model, backend=args.backend, numerics="reference")
     seeds = iter(range(1, 10 ** 9))
-    methods = {
-        "2 forwards": lambda: (zo_loss(model, ids).item(), zo_loss(model, ids).item()),
-        "stochastic": lambda: engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0,
-                                          pair_fn=lambda: pair_loss(model, ids)),
-        "in place": lambda: inplace.step(lambda: zo_loss(inplace_model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0),
-        "reference": lambda: reference_step(ref_model, ids, next(seeds)),
-    }
+    methods = {"2 forwards": lambda: (zo_loss(model, ids).item(), zo_loss(model, ids).item())}
+    if "stochastic" in args.methods:
+        methods["stochastic"] = lambda: engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3,
+                                                    0.0, pair_fn=lambda: pair_loss(model, ids))
+    if "in place" in args.methods:  # the in-place engines leave a perturbation pending: own weights
+        inplace_model = copy.deepcopy(model)
+        inplace = zo.ZOEngine.from_model(inplace_model, backend=args.backend, numerics="reference")
+        methods["in place"] = lambda: inplace.step(lambda: zo_loss(inplace_model, ids).item(), [next(seeds)],
+                                                   1e-7, 1e-3, 0.0)
+    if "reference" in args.methods:
+        ref_model = copy.deepcopy(model)
+        methods["reference"] = lambda: reference_step(ref_model, ids, next(seeds))
     for fn in methods.values():  # warm-up: kernel compilation, allocator
         for _ in range(args.warmup):
             fn()
@@ -78,7 +84,7 @@ def bench(size: str, args) -> dict:
         for m, fn in methods.items():
             times[m].append(timed(fn))
     med = {m: statistics.median(t) for m, t in times.items()}
-    row = {"size": size, "params": n_params, "backend": engine.backend,
+    row = {"size": size, "params": n_params, "backend": engine.backend, "methods in the process": list(methods),
            **{f"{m} s": med[m] for m in methods}, **{f"{m} / 2 fwd": med[m] / med["2 forwards"] for m in methods}}
     print(json.dumps(row), flush=True)
     return row
@@ -92,12 +98,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    ap.add_argument("--methods", nargs="+", default=METHODS[1:], choices=METHODS[1:],
+                    help="the methods timed beside '2 forwards' in the process (each holds its own model "
+                         "copy and memory peaks, which disturb the others through the allocator: BENCHMARKS 1.2)")
     ap.add_argument("--output", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     rows = [bench(s, args) for s in args.sizes]
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"batch {args.batch_size} x {args.seq_len}, median of {args.rounds} interleaved rounds\n")
-    names = ["stochastic", "in place", "reference"]
+    names = [m for m in METHODS[1:] if m in args.methods]
     print("| model | params | 2 forwards (s) | " + " | ".join(f"{m} (s)" for m in names) + " | "
           + " | ".join(f"{m} / 2 fwd" for m in names) + " |")
     print("|---|---:|---:|" + "---:|" * (2 * len(names)))

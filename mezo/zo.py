@@ -549,9 +549,9 @@ class Perturbation:
         return out.index_copy_(0, tok[1], y).view(*x.shape[:2], N)
 
     def _embedding(self, leaf: Leaf, ids: torch.Tensor) -> torch.Tensor:
-        """Only the looked-up rows of the table are perturbed, all in one kernel call (a batch's
-        token ids are spread over the whole table: a call per run of rows cost ~1000 calls per
-        step on a 50K-row vocabulary, BENCHMARKS.md section 1.2)."""
+        """Only the looked-up rows of the table are perturbed, all in one kernel call: a batch's
+        token ids are spread over the whole table, so a call per run of nearby rows would make
+        hundreds of calls per step (BENCHMARKS.md section 1.4)."""
         W = self._whole(leaf)["weight"]
         rows, inv = torch.unique(ids, sorted=True, return_inverse=True)
         name = self._perturbed(leaf, "weight")

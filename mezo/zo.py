@@ -131,7 +131,11 @@ def _pm_kernel(theta, idx0, k, eps, *, dist, both: bool, generator: str = noise.
     """The dual forward's weights for a flat slice of theta starting at global index idx0:
     (theta + eps z, theta - eps z) when `both`, else (theta + eps z, None) (eps may be negative),
     computed in fp32 and cast once to theta's dtype. One z evaluation for both signs."""
-    t = eps * noise.z_range(idx0, theta.numel(), k, dist, generator)
+    return _plus_minus(theta, eps * noise.z_range(idx0, theta.numel(), k, dist, generator), both)
+
+
+def _plus_minus(theta, t, both: bool):
+    """(theta + t, theta - t or None), computed in fp32 and cast once to theta's dtype."""
     v = theta.float()
     plus = (v + t).to(theta.dtype)
     return (plus, (v - t).to(theta.dtype)) if both else (plus, None)
@@ -143,10 +147,7 @@ def _pm_rows_kernel(table, rows, k, eps, *, dist, both: bool, generator: str = n
     over the whole table (a batch's token ids), where a call per row costs more than the row."""
     d = table.shape[1]
     idx = rows.to(torch.int32)[:, None] * d + torch.arange(d, dtype=torch.int32, device=table.device)
-    t = eps * noise.z_from_index(idx, k, dist, generator)
-    v = table.index_select(0, rows).float()
-    plus = (v + t).to(table.dtype)
-    return (plus, (v - t).to(table.dtype)) if both else (plus, None)
+    return _plus_minus(table.index_select(0, rows), eps * noise.z_from_index(idx, k, dist, generator), both)
 
 
 def stochastic_round(v: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -11,6 +11,7 @@ import os
 import torch
 from torch import nn
 
+from mezo.cache import ENV as CACHE_ENV, root as cache_root
 from mezo.errors import BadInput
 from mezo.telemetry import apply_umask
 
@@ -142,7 +143,6 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.path.exists(name)
 
 
-CACHE_ENV = "MEZO_CACHE"  # where converted GGUF models are kept; "off": never
 CACHE_COMPLETE = "mezo-gguf-cache.json"  # written last: a folder without it is not used
 
 
@@ -153,9 +153,9 @@ def gguf_cache(path: str, gguf: str | None, dtype: str, family: str = "causal") 
     takes ~21 s (the file is parsed three times: tokenizer, config, weights); reading the saved
     folder back 0.23 s (BENCHMARKS.md section 2.1). The key is the file's content and every version that
     takes part in the conversion, so a changed file or library converts afresh."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mezo")
+    root = cache_root()  # converted models are kept under its gguf/
     file = os.path.join(os.path.expanduser(path), gguf) if gguf else None
-    if root == "off" or file is None or not os.path.isfile(file):
+    if root is None or file is None or not os.path.isfile(file):
         return None
     from importlib.metadata import PackageNotFoundError, version
     st = os.stat(file)

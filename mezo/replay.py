@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="folder for the rebuilt model (save_pretrained)")
     p.add_argument("--gguf_file", default=None, help="GGUF file inside --base's folder (as in training)")
     p.add_argument("--dtype", choices=sorted(models.DTYPES), default=None, help="default: the trajectory's")
-    p.add_argument("--zo_backend", choices=["eager", "compile"], default=None, help="default: the trajectory's")
+    p.add_argument("--zo_backend", choices=["eager", "compile", "native"], default=None, help="default: the trajectory's")
     p.add_argument("--steps", type=int, default=None, help="replay only the first K steps")
     p.add_argument("--allow_truncated", action="store_true",
                    help="replay the complete lines of a trajectory whose last line was cut off")

@@ -33,6 +33,7 @@ instead of four with the same bits as the plain algorithm (`fused=False`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -227,6 +228,8 @@ class Kernels:
 
 
 def kernels(backend: str) -> Kernels:
+    if backend == "native":
+        return _native_kernels()
     if backend == "triton":
         from mezo import noise_triton as nt
         return Kernels(nt.triton_sweep, nt.triton_pm, nt.triton_update, nt.triton_pm_rows)
@@ -236,17 +239,49 @@ def kernels(backend: str) -> Kernels:
     return Kernels(_sweep_kernel, _pm_kernel, _update_kernel, _pm_rows_kernel)
 
 
+@functools.lru_cache(maxsize=1)
+def _native_kernels() -> Kernels:
+    """The hand-written C kernels (mezo/native.py) for the calls they handle (float32 CPU tensors,
+    the default generator), the compiled kernels for the others."""
+    from mezo import native
+    comp = kernels("compile")
+
+    def pm(theta, idx0, k, eps, *, dist, both, generator=noise.DEFAULT_GENERATOR):
+        if native.handles(theta, generator):
+            return native.pm(theta, idx0, k, eps, dist=dist, both=both)
+        return comp.pm(theta, idx0, k, eps, dist=dist, both=both, generator=generator)
+
+    def pm_rows(table, rows, k, eps, *, dist, both, generator=noise.DEFAULT_GENERATOR):
+        if native.handles(table, generator):
+            return native.pm_rows(table, rows, k, eps, dist=dist, both=both)
+        return comp.pm_rows(table, rows, k, eps, dist=dist, both=both, generator=generator)
+
+    def update(x, idx0, ku, cu, lr, wd, ksr, *, dist, n_update, sr, generator=noise.DEFAULT_GENERATOR):
+        if not sr and native.handles(x, generator):
+            return native.update(x, idx0, ku, cu, lr, wd, dist=dist, n_update=n_update)
+        return comp.update(x, idx0, ku, cu, lr, wd, ksr, dist=dist, n_update=n_update, sr=sr, generator=generator)
+
+    return Kernels(comp.sweep, pm, update, pm_rows)
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """'auto' -> 'triton' (hand-written kernel, mezo/noise_triton.py) on a CUDA device when
-    Triton is installed, else 'compile' (generated fused kernel: C++ on CPU), else as given."""
+    Triton is installed; on CPU 'native' (hand-written C, mezo/native.py) when a C compiler is
+    there, else 'compile' (generated fused kernel: C++ on CPU); else as given."""
     if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         from mezo import noise_triton
         if noise_triton.available():
             return "triton"
         if backend == "triton":
             raise ValueError("--zo_backend triton needs the triton package and a CUDA device")
+    if backend == "native" and device.type != "cpu":
+        raise ValueError("--zo_backend native runs on CPU only")
     if backend != "auto":
         return backend
+    if device.type == "cpu":
+        from mezo import native
+        if native.available():
+            return "native"
     try:
         import torch._inductor  # noqa: F401
     except Exception:  # pragma: no cover - torch without inductor
@@ -255,7 +290,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------- parity self-check
-FALLBACK = {"triton": "compile", "compile": "eager"}
+FALLBACK = {"triton": "compile", "native": "compile", "compile": "eager"}
 # Gaussian z through two math libraries (libdevice or inductor's vectorised log/cos vs ATen's):
 # within a few ulp (tests/unit/test_noise_triton.py measured <= 4.8e-7 at |z| <= 3.9)
 Z_TOL = 1e-6
@@ -277,6 +312,10 @@ def parity_check(backend: str, device: torch.device, dist: str, numerics: str, c
     else the reason (the exception, or which output disagreed). compare(dist, got, want) -> bool."""
     if backend == "eager":
         return None
+    if backend == "native":
+        from mezo import native
+        if numerics != "stochastic" or generator != native.GENERATOR:
+            return None  # it would run the compiled kernels only (mezo.native.handles)
     try:
         got, want = kernels(backend), kernels("eager")
         i32 = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
@@ -297,13 +336,21 @@ def parity_check(backend: str, device: torch.device, dist: str, numerics: str, c
             pairs = [("theta + eps z", outs["pm"][0], outs["pm_ref"][0], dist),
                      ("theta - eps z", outs["pm"][1], outs["pm_ref"][1], dist),
                      ("embedding rows +/- eps z", torch.cat(outs["rows"]), torch.cat(outs["rows_ref"]), dist)]
-            # the rounding bits are compared exactly: Rademacher directions on bf16 weights
-            for name, k in (("update", got), ("update_ref", want)):
+            # the rounding bits are compared exactly: Rademacher directions on bf16 weights (the native
+            # backend sends bf16 to the compiled kernels, which it does not check)
+            for name, k in (("update", got), ("update_ref", want)) if backend != "native" else ():
                 x = theta.to(torch.bfloat16)
                 k.update(x, start, k1[None], f32([0.5]), f32(1e-3), f32(0.1), ksr, dist="rademacher",
                          n_update=1, sr=True, generator=generator)
                 outs[name] = x
-            pairs.append(("stochastic rounding", outs["update"], outs["update_ref"], "rademacher"))
+            if "update" in outs:
+                pairs.append(("stochastic rounding", outs["update"], outs["update_ref"], "rademacher"))
+            for name, k in (("update32", got), ("update32_ref", want)):  # float32: two directions
+                x = theta.clone()
+                k.update(x, start, torch.stack([k1, k2]), f32([0.5, -0.25]), f32(1e-3), f32(0.1), ksr, dist=dist,
+                         n_update=2, sr=False, generator=generator)
+                outs[name] = x
+            pairs.append(("update", outs["update32"], outs["update32_ref"], dist))
         else:
             for name, k in (("sweep", got), ("sweep_ref", want)):
                 x = theta.clone()

@@ -1,0 +1,132 @@
+"""The hand-written CPU kernels (mezo/native.py, mezo/native_kernels.c) against the eager PyTorch
+path: bit for bit, since both compute the same IEEE operations in the same order (float32
+multiplies and adds rounded separately, one correctly rounded square root)."""
+import os
+
+import pytest
+import torch
+
+from mezo import native, noise, zo
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler")
+
+CPU = torch.device("cpu")
+# sizes: below and above the kernels' PAR_MIN (65536, where the thread pool takes over), not a
+# multiple of any vector width
+SIZES = [1, 577, 70001]
+# global index of element 0: 0, odd, and the last indices int32 holds
+STARTS = [0, 12345, noise.MAX_NUMEL - 70001]
+
+
+def key(seed, name="w"):
+    return torch.tensor(noise.keys(seed, name), dtype=torch.int32)
+
+
+def i32(v):
+    return torch.tensor(v, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pm_equals_eager(dist, n, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        theta = torch.randn(n, generator=torch.Generator().manual_seed(n))
+        for start in STARTS:
+            for eps in (1e-3, -0.5):
+                want = zo._pm_kernel(theta, i32(start), key(start), torch.tensor(eps), dist=dist, both=True)
+                plus, minus = native.pm(theta, i32(start), key(start), torch.tensor(eps), dist=dist, both=True)
+                assert torch.equal(plus, want[0]) and torch.equal(minus, want[1]), (start, eps)
+                one, none = native.pm(theta, i32(start), key(start), torch.tensor(eps), dist=dist, both=False)
+                assert none is None and torch.equal(one, want[0])
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_pm_rows_equals_eager(dist):
+    for d in (24, 70001):  # a row below and above PAR_MIN
+        table = torch.randn(40, d, generator=torch.Generator().manual_seed(d))
+        rows = torch.tensor([0, 3, 4, 17, 39])
+        want = zo._pm_rows_kernel(table, rows, key(5), torch.tensor(1e-2), dist=dist, both=True)
+        got = native.pm_rows(table, rows, key(5), torch.tensor(1e-2), dist=dist, both=True)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        one, none = native.pm_rows(table, rows, key(5), torch.tensor(-1e-2), dist=dist, both=False)
+        assert none is None and torch.equal(one, want[1])
+
+
+def test_pm_rows_out_of_range_is_an_error():
+    with pytest.raises(IndexError, match="out of range"):
+        native.pm_rows(torch.zeros(4, 3), torch.tensor([1, 4]), key(1), torch.tensor(1.0), dist="gaussian", both=True)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("n_update", [1, 3])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_update_equals_eager(dist, n_update, wd):
+    for n in SIZES:
+        x = torch.randn(n, generator=torch.Generator().manual_seed(7))
+        ku = torch.stack([key(s) for s in range(n_update)])
+        cu = torch.tensor([0.5, -0.25, 2.0][:n_update])
+        for start in STARTS:
+            want, got = x.clone(), x.clone()
+            args = (i32(start), ku, cu, torch.tensor(1e-3), torch.tensor(wd))
+            zo._update_kernel(want, *args, key(9), dist=dist, n_update=n_update, sr=False)
+            v0 = got._version
+            native.update(got, *args, dist=dist, n_update=n_update)
+            assert torch.equal(got, want), (n, start)
+            assert got._version > v0  # an in-place write, as autograd sees it
+
+
+def test_native_backend_sends_other_calls_to_the_compiled_kernels():
+    """bf16 weights (and their stochastic rounding) and the legacy generator are not in C: the
+    native backend's kernels give the compiled (= eager) bits for them."""
+    k = zo.kernels("native")
+    theta = torch.randn(3000).to(torch.bfloat16)
+    want = zo._pm_kernel(theta, i32(77), key(1), torch.tensor(1e-2), dist="gaussian", both=True)
+    got = k.pm(theta, i32(77), key(1), torch.tensor(1e-2), dist="gaussian", both=True)
+    assert got[0].dtype == torch.bfloat16 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    x, y = theta.clone(), theta.clone()
+    args = (i32(77), key(1)[None], torch.tensor([0.5]), torch.tensor(1e-2), torch.tensor(0.0), key(2))
+    zo._update_kernel(x, *args, dist="rademacher", n_update=1, sr=True)
+    k.update(y, *args, dist="rademacher", n_update=1, sr=True)
+    assert torch.equal(x, y)
+    t32 = torch.randn(3000)
+    assert not native.handles(t32, noise.LEGACY_GENERATOR) and native.handles(t32, noise.DEFAULT_GENERATOR)
+    assert not native.handles(t32[::2], noise.DEFAULT_GENERATOR)  # not contiguous
+
+
+def test_auto_picks_native_on_cpu_and_its_parity_check_passes():
+    assert zo.resolve_backend("auto", CPU) == "native"
+    for dist in ("gaussian", "rademacher"):
+        assert zo.select_backend("native", CPU, dist, "stochastic") == ("native", [])
+
+
+def test_a_failed_build_falls_back_to_compile_with_the_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEZO_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    native.library.cache_clear()
+    try:
+        backend, failures = zo.select_backend("native", CPU, "rademacher", "stochastic")
+    finally:
+        native.library.cache_clear()
+    assert backend == "compile"
+    assert len(failures) == 1 and failures[0].startswith("native: RuntimeError: false failed to build")
+
+
+def test_the_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEZO_CACHE", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        native.library()
+        built = os.listdir(tmp_path / "native")
+        assert len(built) == 1 and built[0].startswith("mezo_kernels-") and built[0].endswith(".so")
+        mtime = os.stat(tmp_path / "native" / built[0]).st_mtime_ns
+        native.library.cache_clear()
+        native.library()  # a new process: found, not rebuilt
+        assert os.listdir(tmp_path / "native") == built
+        assert os.stat(tmp_path / "native" / built[0]).st_mtime_ns == mtime
+    finally:
+        native.library.cache_clear()

@@ -241,8 +241,8 @@ def kernels(backend: str) -> Kernels:
 
 @functools.lru_cache(maxsize=1)
 def _native_kernels() -> Kernels:
-    """The hand-written C kernels (mezo/native.py) for the calls they handle (float32 CPU tensors,
-    the default generator), the compiled kernels for the others."""
+    """The hand-written C kernels (mezo/native.py) for the calls they handle (float32 and bf16 CPU
+    tensors, the default generator), the compiled kernels for the others."""
     from mezo import native
     comp = kernels("compile")
 
@@ -257,8 +257,8 @@ def _native_kernels() -> Kernels:
         return comp.pm_rows(table, rows, k, eps, dist=dist, both=both, generator=generator)
 
     def update(x, idx0, ku, cu, lr, wd, ksr, *, dist, n_update, sr, generator=noise.DEFAULT_GENERATOR):
-        if not sr and native.handles(x, generator):
-            return native.update(x, idx0, ku, cu, lr, wd, dist=dist, n_update=n_update)
+        if native.handles(x, generator) and not (sr and x.dtype == torch.float32):
+            return native.update(x, idx0, ku, cu, lr, wd, ksr, dist=dist, n_update=n_update, sr=sr)
         return comp.update(x, idx0, ku, cu, lr, wd, ksr, dist=dist, n_update=n_update, sr=sr, generator=generator)
 
     return Kernels(comp.sweep, pm, update, pm_rows)
@@ -336,15 +336,13 @@ def parity_check(backend: str, device: torch.device, dist: str, numerics: str, c
             pairs = [("theta + eps z", outs["pm"][0], outs["pm_ref"][0], dist),
                      ("theta - eps z", outs["pm"][1], outs["pm_ref"][1], dist),
                      ("embedding rows +/- eps z", torch.cat(outs["rows"]), torch.cat(outs["rows_ref"]), dist)]
-            # the rounding bits are compared exactly: Rademacher directions on bf16 weights (the native
-            # backend sends bf16 to the compiled kernels, which it does not check)
-            for name, k in (("update", got), ("update_ref", want)) if backend != "native" else ():
+            # the rounding bits are compared exactly: Rademacher directions on bf16 weights
+            for name, k in (("update", got), ("update_ref", want)):
                 x = theta.to(torch.bfloat16)
                 k.update(x, start, k1[None], f32([0.5]), f32(1e-3), f32(0.1), ksr, dist="rademacher",
                          n_update=1, sr=True, generator=generator)
                 outs[name] = x
-            if "update" in outs:
-                pairs.append(("stochastic rounding", outs["update"], outs["update_ref"], "rademacher"))
+            pairs.append(("stochastic rounding", outs["update"], outs["update_ref"], "rademacher"))
             for name, k in (("update32", got), ("update32_ref", want)):  # float32: two directions
                 x = theta.clone()
                 k.update(x, start, torch.stack([k1, k2]), f32([0.5, -0.25]), f32(1e-3), f32(0.1), ksr, dist=dist,

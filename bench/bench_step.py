@@ -7,6 +7,7 @@ alike), it times:
   stochastic   mezo.zo.ZOEngine.step, numerics "stochastic" (the default): the previous update swept
                over the weights, then one dual forward of [batch; batch] in which each leaf builds
                theta +/- eps z from one z; 2 z evaluations per element per step
+               (--also_backend B: also "stochastic (B)", the same engine with B's kernels)
   in place     ZOEngine.step, numerics "reference": fused in-place sweeps (2 per step, 3 z
                evaluations per element), the previous default in fp32
   reference    the reference's step (bench/reference.py): 4 sweeps, torch.manual_seed + one
@@ -17,6 +18,7 @@ and reports the median step time of each divided by the median of "2 forwards".
     python bench/bench_step.py                          # 0.2M, 16M, 124M; batch 16 x 64
     python bench/bench_step.py --sizes 16m --rounds 5
     python bench/bench_step.py --methods stochastic       # only the default numerics beside 2 forwards
+    python bench/bench_step.py --methods stochastic --also_backend compile   # native vs compiled kernels
 """
 from __future__ import annotations
 
@@ -65,9 +67,19 @@ def bench(size: str, args) -> dict:
     engine = zo.ZOEngine.from_model(model, backend=args.backend, numerics="stochastic")
     seeds = iter(range(1, 10 ** 9))
     methods = {"2 forwards": lambda: (zo_loss(model, ids).item(), zo_loss(model, ids).item())}
+    main_backend = engine.backend
+
+    def stochastic(backend):
+        def run():
+            engine.backend = backend  # every backend gives the same bits: one engine, one model
+            return engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0,
+                               pair_fn=lambda: pair_loss(model, ids))
+        return run
+
     if "stochastic" in args.methods:
-        methods["stochastic"] = lambda: engine.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3,
-                                                    0.0, pair_fn=lambda: pair_loss(model, ids))
+        methods["stochastic"] = stochastic(main_backend)
+        if args.also_backend:
+            methods[f"stochastic ({args.also_backend})"] = stochastic(args.also_backend)
     if "in place" in args.methods:  # the in-place engines leave a perturbation pending: own weights
         inplace_model = copy.deepcopy(model)
         inplace = zo.ZOEngine.from_model(inplace_model, backend=args.backend, numerics="reference")
@@ -84,7 +96,7 @@ def bench(size: str, args) -> dict:
         for m, fn in methods.items():
             times[m].append(timed(fn))
     med = {m: statistics.median(t) for m, t in times.items()}
-    row = {"size": size, "params": n_params, "backend": engine.backend, "methods in the process": list(methods),
+    row = {"size": size, "params": n_params, "backend": main_backend, "methods in the process": list(methods),
            **{f"{m} s": med[m] for m in methods}, **{f"{m} / 2 fwd": med[m] / med["2 forwards"] for m in methods}}
     print(json.dumps(row), flush=True)
     return row
@@ -97,7 +109,9 @@ def main():
     ap.add_argument("--seq_len", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "native", "compile", "eager"])
+    ap.add_argument("--also_backend", default=None, choices=["native", "compile", "eager"],
+                    help="also time the stochastic step with these kernels ('stochastic (<backend>)', same engine)")
     ap.add_argument("--methods", nargs="+", default=METHODS[1:], choices=METHODS[1:],
                     help="the methods timed beside '2 forwards' in the process (each holds its own model "
                          "copy and memory peaks, which disturb the others through the allocator: BENCHMARKS 1.2)")
@@ -106,7 +120,7 @@ def main():
     rows = [bench(s, args) for s in args.sizes]
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"batch {args.batch_size} x {args.seq_len}, median of {args.rounds} interleaved rounds\n")
-    names = [m for m in METHODS[1:] if m in args.methods]
+    names = [m for m in rows[0]["methods in the process"] if m != "2 forwards"]
     print("| model | params | 2 forwards (s) | " + " | ".join(f"{m} (s)" for m in names) + " | "
           + " | ".join(f"{m} / 2 fwd" for m in names) + " |")
     print("|---|---:|---:|" + "---:|" * (2 * len(names)))

@@ -18,6 +18,8 @@ method alike; every method scores step i's batch in round i), the median over th
                         evaluation 1)
   reference             ZOEngine.step, numerics "reference" (the previous fp32 default: fused
                         in-place sweeps, 3 z evaluations per element), on its own copy of the model
+  stochastic (B)        with --also_backend B: the stochastic step with backend B's kernels (the
+                        same engine and weights; every backend gives the same bits)
 
 Also: the stochastic step's time split (forward incl. its in-forward perturbation / update
 sweep), z evaluations per element per step (counted by the engine), and the kernels alone in
@@ -25,6 +27,7 @@ ns per element (one z evaluation each): the dual-forward weights and the update.
 
     python bench/bench_step_smollm2.py                       # 6 timed steps after 2 warm-up steps
     python bench/bench_step_smollm2.py --steps 10 --json bench/results/step_smollm2.json
+    python bench/bench_step_smollm2.py --no_reference --also_backend compile   # native vs compiled kernels
     python bench/bench_step_smollm2.py --device cuda --steps 20   # on a GPU (Triton kernels; forwards of 16)
     python bench/bench_step_smollm2.py --model_name DIR --steps 2 --warmup 1   # another model (smoke tests)
 """
@@ -83,7 +86,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=6, help="timed steps (rounds)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (kernel compilation)")
-    p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager", "triton"])
+    p.add_argument("--backend", default="auto", choices=["auto", "native", "compile", "eager", "triton"])
+    p.add_argument("--also_backend", default=None, choices=["native", "compile", "eager", "triton"],
+                   help="also time the stochastic step with these kernels (method 'stochastic (<backend>)'): the "
+                        "same engine and weights, its backend switched for that method's steps (same bits)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: the GPU when there is one (as the training script), else the CPU")
     p.add_argument("--model_name", default=None, help="another model than the default (as accelerate_mezo.py)")
@@ -113,14 +119,25 @@ def main() -> None:
     padded = make_loss_fn(model, enc, splits.train, stream, "classification", batch_shape=True)
     groups = t.batch_size // t.forward_batch_size
     sto = zo.ZOEngine.from_model(model, dist=zc.dist, backend=zc.backend, numerics="stochastic", row_groups=groups)
-    fallback = sto.check_backend() if device.type == "cuda" else []  # as the trainer: parity first
+    # as the trainer: parity first
+    fallback = sto.check_backend() if device.type == "cuda" or sto.backend == "native" else []
     numel = sum(s.local.numel() for s in sto.slots)
+    main_backend = sto.backend
+
+    def stochastic(backend):
+        def run(i):
+            sto.backend = backend
+            return sto.step(lambda: padded(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps,
+                            t.weight_decay, pair_fn=lambda: padded.pair(i))
+        return run
+
     methods = {
         "2 forwards": lambda i: (plain(i), plain(i)),
         "2 forwards (padded)": lambda i: (padded(i), padded(i)),
-        "stochastic": lambda i: sto.step(lambda: padded(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps,
-                                         t.weight_decay, pair_fn=lambda: padded.pair(i)),
+        "stochastic": stochastic(main_backend),
     }
+    if a.also_backend:
+        methods[f"stochastic ({a.also_backend})"] = stochastic(a.also_backend)
     if not a.no_reference:
         ref_model = copy.deepcopy(model)
         ref_plain = make_loss_fn(ref_model, enc, splits.train, stream, "classification")
@@ -147,12 +164,13 @@ def main() -> None:
         print(f"step {i}: " + ", ".join(f"{m} {times[m][-1]:.3f}s" for m in methods if times[m]), flush=True)
     med = {m: statistics.median(v) for m, v in times.items()}
     base = med["2 forwards"]
-    ns = kernel_ns(sto.backend, device=device)
+    ns = kernel_ns(main_backend, device=device)
+    also_ns = kernel_ns(a.also_backend, device=device) if a.also_backend else None
     rows = [{"method": m, "median_s": med[m], "ratio": med[m] / base,
              "overhead_ns_per_param": (med[m] - base) / numel * 1e9} for m in methods]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"\n{where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"backend {sto.backend}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
+          f"backend {main_backend}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
           f"forwards of {t.forward_batch_size}; median of {a.steps} interleaved steps after {a.warmup} warm-up\n")
     print("| method | median step (s) | vs 2 forwards | overhead (ns / parameter) |")
     print("|---|---:|---:|---:|")
@@ -162,11 +180,17 @@ def main() -> None:
     print(f"\nstochastic step split: time_forward_s {f:.3f} (the dual forward, its perturbation included), "
           f"time_sweep_s {s:.3f} (the update sweep); z evaluations per element per step: "
           f"{statistics.median(z_per_step):.3f}")
-    print("kernels, one z evaluation each (ns / element, 4M fp32 elements): "
+    print(f"{main_backend} kernels, one z evaluation each (ns / element, 4M fp32 elements): "
           + ", ".join(f"{k} {v:.2f}" for k, v in ns.items()))
+    also_ratio = None
+    if also_ns:
+        print(f"{a.also_backend} kernels: " + ", ".join(f"{k} {v:.2f}" for k, v in also_ns.items()))
+        also_ratio = statistics.median(x / y for x, y in zip(times["stochastic"], times[f"stochastic ({a.also_backend})"]))
+        print(f"stochastic ({main_backend}) / stochastic ({a.also_backend}), median of per-step ratios: {also_ratio:.3f}")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"model": cfg.model.name, "numel": numel, "backend": sto.backend, "threads": torch.get_num_threads(),
+            json.dump({"model": cfg.model.name, "numel": numel, "backend": main_backend, "also_backend": a.also_backend,
+                       "also_kernel_ns_per_element": also_ns, "main_over_also_step_ratio": also_ratio, "threads": torch.get_num_threads(),
                        "device": where, "parity_fallback": fallback or None, "batch_size": t.batch_size,
                        "forward_batch_size": t.forward_batch_size,
                        "steps": a.steps, "rows": rows, "split_s": {"forward": f, "sweep": s},

@@ -266,8 +266,10 @@ def _native_kernels() -> Kernels:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """'auto' -> 'triton' (hand-written kernel, mezo/noise_triton.py) on a CUDA device when
-    Triton is installed; on CPU 'native' (hand-written C, mezo/native.py) when a C compiler is
-    there, else 'compile' (generated fused kernel: C++ on CPU); else as given."""
+    Triton is installed, else 'compile' (generated fused kernel: C++ on CPU); else as given.
+    'native' (hand-written C, mezo/native.py) is faster on CPU but not the auto choice yet: with
+    it the default run's peak RSS was 0.1-0.3 GB higher, for a reason not found (BENCHMARKS.md
+    section 9.5)."""
     if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         from mezo import noise_triton
         if noise_triton.available():
@@ -278,10 +280,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError("--zo_backend native runs on CPU only")
     if backend != "auto":
         return backend
-    if device.type == "cpu":
-        from mezo import native
-        if native.available():
-            return "native"
     try:
         import torch._inductor  # noqa: F401
     except Exception:  # pragma: no cover - torch without inductor

@@ -137,8 +137,10 @@ def test_native_backend_sends_other_calls_to_the_compiled_kernels():
     assert not native.handles(t32[::2], noise.DEFAULT_GENERATOR)  # not contiguous
 
 
-def test_auto_picks_native_on_cpu_and_its_parity_check_passes():
-    assert zo.resolve_backend("auto", CPU) == "native"
+def test_native_is_chosen_by_name_and_its_parity_check_passes():
+    assert zo.resolve_backend("native", CPU) == "native" and zo.resolve_backend("auto", CPU) == "compile"
+    with pytest.raises(ValueError, match="CPU only"):
+        zo.resolve_backend("native", torch.device("cuda"))
     for dist in ("gaussian", "rademacher"):
         assert zo.select_backend("native", CPU, dist, "stochastic") == ("native", [])
 

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -67,22 +68,29 @@ def library() -> ctypes.CDLL:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set CC, or install gcc)")
+    argv = shlex.split(cc)  # CC may carry flags of its own
     with open(SOURCE, "rb") as f:
         src = f.read()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([*argv, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(b"|".join([src, cc.encode(), version.encode(), " ".join(FLAGS).encode(),
                                     _cpu_identity().encode()])).hexdigest()[:24]
     root = cache.root()
     folder = os.path.join(root, "native") if root else tempfile.mkdtemp(prefix="mezo-native-")
     path = os.path.join(folder, f"mezo_kernels-{key}.so")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"  # ranks building at once each write their own file
-        done = subprocess.run([cc, *FLAGS, SOURCE, "-o", tmp], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed to build {SOURCE}: {' '.join(done.stderr.split())[:300]}")
-        os.replace(tmp, path)
-    lib = ctypes.CDLL(path)
+    try:
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"  # ranks building at once each write their own file
+            done = subprocess.run([*argv, *FLAGS, SOURCE, "-o", tmp], capture_output=True, text=True)
+            if done.returncode != 0:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise RuntimeError(f"{cc} failed to build {SOURCE}: {' '.join(done.stderr.split())[:300]}")
+            os.replace(tmp, path)
+        lib = ctypes.CDLL(path)
+    finally:
+        if not root:  # caching off: nothing stays (a loaded library outlives its file)
+            shutil.rmtree(folder, ignore_errors=True)
     for name, args in _SIGNATURES.items():
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = None

@@ -171,3 +171,20 @@ def test_the_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
         assert os.stat(tmp_path / "native" / built[0]).st_mtime_ns == mtime
     finally:
         native.library.cache_clear()
+
+
+def test_with_caching_off_nothing_stays(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEZO_CACHE", "off")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    native.library.cache_clear()
+    try:
+        lib = native.library()
+        theta = torch.randn(100)
+        got = native.pm(theta, i32(3), key(1), torch.tensor(0.5), dist="rademacher", both=False)[0]
+        want = zo._pm_kernel(theta, i32(3), key(1), torch.tensor(0.5), dist="rademacher", both=False)[0]
+        assert lib is not None and torch.equal(got, want)
+        assert os.listdir(tmp_path) == []
+    finally:
+        native.library.cache_clear()

@@ -190,7 +190,7 @@ def bench_size(size, args, device, budget: Budget, sink=lambda rows: None) -> li
                 except ValueError as e:  # e.g. --zo_backend triton without CUDA
                     record(base, name, bs, {"time_s": None, "peak_gib": None}, note=str(e))
                     continue
-                failures = eng.check_backend() if device.type == "cuda" else []
+                failures = eng.check_backend() if eng.needs_check else []
 
                 def step(eng=eng):
                     eng.step(lambda: zo_loss(model, ids).item(), [next(seeds)], 1e-7, 1e-3, 0.0,

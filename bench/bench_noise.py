@@ -4,7 +4,7 @@ The kernel is the engine's sweep reduced to one z: read x, add eps * z, write x
 (`x.copy_(x + eps * noise.z_range(start, n, k, dist, generator))`), torch.compile'd the way
 mezo/zo.py compiles its sweep (dynamic shapes, fullgraph); and the engine's own update kernel
 with one direction (the default generator), compiled and native (mezo/native.py: hand-written C,
-the default on CPU), side by side. Sizes:
+`--zo_backend native`), side by side. Sizes:
 
   4m        one tensor of mezo.zo.CHUNK elements (one kernel call)
   smollm2   the trainable parameters of the default model, SmolLM2-135M (134,515,008 elements in

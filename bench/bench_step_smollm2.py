@@ -120,7 +120,7 @@ def main() -> None:
     groups = t.batch_size // t.forward_batch_size
     sto = zo.ZOEngine.from_model(model, dist=zc.dist, backend=zc.backend, numerics="stochastic", row_groups=groups)
     # as the trainer: parity first
-    fallback = sto.check_backend() if device.type == "cuda" or sto.backend == "native" else []
+    fallback = sto.check_backend() if sto.needs_check else []
     numel = sum(s.local.numel() for s in sto.slots)
     main_backend = sto.backend
 

@@ -711,6 +711,13 @@ class ZOEngine:
         """Persistent memory this rank's engine holds beyond the weights (the fp32 masters)."""
         return sum(s.master.numel() * s.master.element_size() for s in self.slots if s.master is not None)
 
+    @property
+    def needs_check(self) -> bool:
+        """Whether this engine's kernels get the parity self-check before a run: those built for
+        this machine and not run by this project's tests here (any kernel on a GPU; the C kernels
+        built for this CPU)."""
+        return self.device.type == "cuda" or self.backend == "native"
+
     def check_backend(self, compare=agree) -> list[str]:
         """Run the parity self-check of this engine's backend (mezo.zo.select_backend), falling
         back to the next backend on a failure; returns the failures met ([] when none)."""

@@ -161,8 +161,7 @@ def train(run: Run) -> dict:
                                  decay=models.decays(cfg.model.task_family, "mezo"),
                                  row_groups=share // t.forward_batch_size, generator=zo.generator)
     selector = methods.configure(engine, model, zo.method, zo.blocks)
-    # the kernels built for this machine: Triton's on a GPU, the C kernels for this CPU
-    failures = engine.check_backend() if run.device.type == "cuda" or engine.backend == "native" else []
+    failures = engine.check_backend() if engine.needs_check else []
     record_engine(run, engine, failures)
     log.info("MeZO over %d parameter shards (%s, numerics %s, backend %s, %s; method %s%s)", len(engine.slots),
              zo.dist, engine.numerics, engine.backend,

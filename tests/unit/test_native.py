@@ -188,3 +188,13 @@ def test_with_caching_off_nothing_stays(monkeypatch, tmp_path):
         assert os.listdir(tmp_path) == []
     finally:
         native.library.cache_clear()
+
+
+def test_the_native_engine_is_self_checked_on_cpu_and_the_compiled_one_is_not():
+    """The C kernels are built for the CPU they run on, so the trainer checks them before a run;
+    the compiled CPU kernels are what this project's tests run."""
+    from mezo.zo import ZOEngine
+    for backend, checked in (("native", True), ("compile", False)):
+        eng = ZOEngine.from_model(torch.nn.Linear(4, 3), backend=backend, numerics="stochastic")
+        assert eng.needs_check is checked and eng.check_backend() == []
+        assert eng.backend == backend

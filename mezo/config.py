@@ -412,9 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"z's counter-based generator and version (default {noise.DEFAULT_GENERATOR}: one hash per element, "
            f"polynomial Box-Muller; {noise.LEGACY_GENERATOR}: the generator of runs before it)")
     a("--zo_backend", choices=["auto", "native", "compile", "eager", "triton"], default="auto",
-      help="the engine's kernels: torch.compile'd fused kernels (the auto choice on CPU), hand-written C for CPU "
-           "(native: faster, float32/bf16 stochastic numerics), Triton (the auto choice on GPU), or plain PyTorch ops; "
-           "native and CUDA kernels are checked against the PyTorch path before the first step (a failure falls back)")
+      help="the engine's kernels: hand-written C for CPU (native: the auto choice on CPU when a C compiler is "
+           "there; float32/bf16 with the default numerics, the rest compiled), torch.compile'd fused kernels "
+           "(compile), Triton (the auto choice on GPU), or plain PyTorch ops (eager); native and CUDA kernels are "
+           "checked against the PyTorch path before the first step (a failure falls back to compile)")
     a("--no_fuse", action="store_true",
       help="run the plain schedule (for checking): 4 sweeps (master, reference), one forward per sign (stochastic)")
     a("--non_diff", action="store_true", help="MeZO on minus the task metric (accuracy / F1) of the batch's predictions")

@@ -266,10 +266,9 @@ def _native_kernels() -> Kernels:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """'auto' -> 'triton' (hand-written kernel, mezo/noise_triton.py) on a CUDA device when
-    Triton is installed, else 'compile' (generated fused kernel: C++ on CPU); else as given.
-    'native' (hand-written C, mezo/native.py) is faster on CPU but not the auto choice yet: with
-    it the default run's peak RSS was 0.1-0.3 GB higher, for a reason not found (BENCHMARKS.md
-    section 9.5)."""
+    Triton is installed; on CPU 'native' (hand-written C, mezo/native.py) when a C compiler is
+    there, else 'compile' (torch.compile's generated C++); else as given. Native and compile give
+    the same bits; native's kernels take about 0.7x the time (BENCHMARKS.md section 9.5)."""
     if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         from mezo import noise_triton
         if noise_triton.available():
@@ -281,10 +280,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend != "auto":
         return backend
     try:
-        import torch._inductor  # noqa: F401
+        import torch._inductor  # noqa: F401  (native's fallback and the calls it leaves are compiled)
     except Exception:  # pragma: no cover - torch without inductor
         return "eager"
-    return "compile"
+    from mezo import native
+    return "native" if device.type == "cpu" and native.available() else "compile"
 
 
 # ---------------------------------------------------------------------------- parity self-check

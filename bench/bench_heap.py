@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=2 python bench/bench_heap.py --backends native compile --repeats 2 --steps 30 \
         --json bench/results/heap.json
+    OMP_NUM_THREADS=2 python bench/bench_heap.py --backends native forwards --repeats 2 --steps 30 \
+        --json bench/results/heap_vs_inference.json
 
 The default run's steps (SmolLM2-135M-Instruct fp32, its SST-2 batches, seeds and numerics; see
 bench/default_steps.py), each backend in processes of its own (a heap's state is the history of
@@ -13,8 +15,9 @@ step's record keeps the largest value of its samples:
   reused or trimmed from its top;
 * RSS: the process's resident memory (/proc/self/status VmRSS).
 Other threads' heaps are not in live or heap (they are in RSS). mallinfo2 needs glibc >= 2.33.
-Reported per backend: medians over steps of live and heap, and the largest of each, with the
-process's peak RSS over its steps.
+`--backends ... forwards` adds inference for comparison: each step's batch scored twice by the
+default run's loss (its forwards of 2 rows), nothing perturbed. Reported per process: medians over
+steps of live and heap, and the largest of each, with the process's peak RSS over its steps.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GB = 2 ** 30
+FORWARDS = "forwards"  # not a backend: two plain forwards of the step's batch (inference)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -56,7 +60,7 @@ def child(backend: str, steps: int, out: str) -> None:
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo2
-    cfg, _, loss, eng = default_steps("bench_heap", backend)
+    cfg, _, loss, eng = default_steps("bench_heap", None if backend == FORWARDS else backend)
     t, zc = cfg.train, cfg.zo
     peak = {"live": 0, "heap": 0, "rss": 0}
     stop = threading.Event()
@@ -75,16 +79,20 @@ def child(backend: str, steps: int, out: str) -> None:
         for k in peak:
             peak[k] = 0
         t0 = time.perf_counter()
-        eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
-                 pair_fn=lambda: loss.pair(i))
-        eng.flush()  # this step's update inside its record
+        if backend == FORWARDS:  # inference: the step's batch scored twice, nothing perturbed
+            loss(i)
+            loss(i)
+        else:
+            eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
+                     pair_fn=lambda: loss.pair(i))
+            eng.flush()  # this step's update inside its record
         dt = time.perf_counter() - t0
         rows.append({"step": i, "step_s": dt, **{f"{k}_bytes": v for k, v in peak.items()}})
         print(f"{backend} step {i}: {dt:.2f} s, live {peak['live'] / GB:.3f} GB, heap {peak['heap'] / GB:.3f} GB, "
               f"RSS {peak['rss'] / GB:.3f} GB", flush=True)
     stop.set()
     with open(out, "w") as f:
-        json.dump({"backend": eng.backend, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        json.dump({"backend": backend if backend == FORWARDS else eng.backend, "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "steps": rows}, f)
 
 
@@ -98,7 +106,9 @@ def summary(rows: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", default=["native", "compile"], choices=["native", "compile", "eager"])
+    p.add_argument("--backends", nargs="+", default=["native", "compile"], choices=["native", "compile", "eager", FORWARDS],
+                   help=f"kernel backends of the MeZO step, and/or '{FORWARDS}': the default run's loss "
+                        "twice per step (inference memory, for comparison)")
     p.add_argument("--repeats", type=int, default=2, help="processes per backend")
     p.add_argument("--steps", type=int, default=30, help="steps per process")
     p.add_argument("--json", default=None, help="also write the records and the table here")

@@ -79,6 +79,17 @@ PY
 fi
 
 case "$job" in
-  run) exec "$VENV/bin/python" accelerate_mezo.py "$@" ;;
+  run)
+    # glibc's heap keeps much of what a MeZO step frees (blocks of sizes the next step cannot
+    # reuse); jemalloc's size classes do not: the default run's peak RSS 1.57 -> 1.22 GiB, the same
+    # bits (BENCHMARKS.md section 9.6). Used when the system has it (apt-get install libjemalloc2);
+    # freed pages are kept for reuse (decay off), as glibc keeps its heap. MEZO_ALLOCATOR=system: glibc's.
+    if [ -z "${LD_PRELOAD:-}" ] && [ "${MEZO_ALLOCATOR:-auto}" != system ]; then
+      je=$( (PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')
+      if [ -n "$je" ]; then
+        export LD_PRELOAD="$je" MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"
+      fi
+    fi
+    exec "$VENV/bin/python" accelerate_mezo.py "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
 esac

@@ -95,6 +95,18 @@ def weights_dtype(cfg: Config) -> str:
     return "fp32" if cfg.ft.amp else cfg.model.dtype
 
 
+def allocator() -> str:
+    """The C allocator of this process: a preloaded jemalloc / tcmalloc / mimalloc (its library
+    is mapped), else the system's (glibc's malloc on Linux). It changes a CPU run's peak RSS, not
+    its bits (BENCHMARKS.md section 9.6)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "system"
+    return next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if f"lib{name}" in maps), "system")
+
+
 def experiment_config(cfg: Config, model, world: int, device) -> dict:
     import transformers
     total, trainable = models.count_params(model)
@@ -107,7 +119,7 @@ def experiment_config(cfg: Config, model, world: int, device) -> dict:
             "world_size": world, "device": f"{device} {name}", "dtype": m.dtype, "numerics": cfg.zo.numerics,
             "master_weights": cfg.zo.master_weights, "amp": cfg.ft.amp, "weights_dtype": weights_dtype(cfg),
             "num_params": total, "num_trainable_params": trainable,
-            "command": " ".join(sys.argv)}
+            "allocator": allocator(), "command": " ".join(sys.argv)}
 
 
 def build(cfg: Config) -> Run:

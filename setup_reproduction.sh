@@ -81,7 +81,7 @@ fi
 case "$job" in
   run)
     # glibc's heap keeps much of what a MeZO step frees (blocks of sizes the next step cannot
-    # reuse); jemalloc's size classes do not: the default run's peak RSS 1.57 -> 1.22 GiB, the same
+    # reuse); jemalloc's size classes do not: the default run's peak RSS 1.74 -> 1.22 GiB, the same
     # bits (BENCHMARKS.md section 9.6). Used when the system has it (apt-get install libjemalloc2);
     # freed pages are kept for reuse (decay off), as glibc keeps its heap. MEZO_ALLOCATOR=system: glibc's.
     if [ -z "${LD_PRELOAD:-}" ] && [ "${MEZO_ALLOCATOR:-auto}" != system ]; then

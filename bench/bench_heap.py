@@ -13,7 +13,7 @@ step's record keeps the largest value of its samples:
   main heap, + hblkhd, blocks mapped on their own): what the step's tensors hold;
 * heap: the size of the main heap (mallinfo2: arena), which holds freed blocks until they are
   reused or trimmed from its top;
-* RSS: the process's resident memory (/proc/self/status VmRSS).
+* RSS: the process's resident memory (psutil, as mezo.telemetry's memory log reads it).
 Other threads' heaps are not in live or heap (they are in RSS). mallinfo2 needs glibc >= 2.33.
 `--backends ... forwards` adds inference for comparison: each step's batch scored twice by the
 default run's loss (its forwards of 2 rows), nothing perturbed. Reported per process: medians over
@@ -29,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -43,16 +44,9 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def child(backend: str, steps: int, out: str) -> None:
     """One process: the default run's first `steps` steps with `backend`, one record per step."""
+    import psutil
     import torch
 
     from bench.default_steps import default_steps
@@ -64,13 +58,14 @@ def child(backend: str, steps: int, out: str) -> None:
     t, zc = cfg.train, cfg.zo
     peak = {"live": 0, "heap": 0, "rss": 0}
     stop = threading.Event()
+    proc = psutil.Process()
 
     def sample() -> None:
         while not stop.is_set():
             m = libc.mallinfo2()
             peak["live"] = max(peak["live"], m.uordblks + m.hblkhd)
             peak["heap"] = max(peak["heap"], m.arena)
-            peak["rss"] = max(peak["rss"], _rss())
+            peak["rss"] = max(peak["rss"], proc.memory_info().rss)
             time.sleep(0.002)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -92,8 +87,8 @@ def child(backend: str, steps: int, out: str) -> None:
               f"RSS {peak['rss'] / GB:.3f} GB", flush=True)
     stop.set()
     with open(out, "w") as f:
-        json.dump({"backend": backend if backend == FORWARDS else eng.backend, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                   "steps": rows}, f)
+        json.dump({"backend": backend if backend == FORWARDS else eng.backend, "threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "steps": rows}, f)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -106,7 +101,8 @@ def summary(rows: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", default=["native", "compile"], choices=["native", "compile", "eager", FORWARDS],
+    p.add_argument("--backends", nargs="+", default=["native", "compile"],
+                   choices=["native", "compile", "eager", FORWARDS],
                    help=f"kernel backends of the MeZO step, and/or '{FORWARDS}': the default run's loss "
                         "twice per step (inference memory, for comparison)")
     p.add_argument("--repeats", type=int, default=2, help="processes per backend")
@@ -119,18 +115,18 @@ def main() -> None:
         child(a.child, a.steps, a.child_out)
         return
     if platform.system() != "Linux":
-        sys.exit("bench_heap.py: needs Linux (glibc's mallinfo2 and /proc)")
+        sys.exit("bench_heap.py: needs Linux (glibc's mallinfo2)")
     runs = []
-    for r in range(a.repeats):
-        for backend in (a.backends if r % 2 == 0 else a.backends[::-1]):
-            out = f"/tmp/bench_heap_{os.getpid()}_{backend}_{r}.json"
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--child", backend, "--child_out", out,
-                            "--steps", str(a.steps)], check=True)
-            with open(out) as f:
-                rec = json.load(f)
-            os.remove(out)
-            rec["repeat"], rec["summary"] = r, summary(rec["steps"])
-            runs.append(rec)
+    with tempfile.TemporaryDirectory(prefix="bench_heap-") as tmp:
+        for r in range(a.repeats):
+            for backend in (a.backends if r % 2 == 0 else a.backends[::-1]):
+                out = os.path.join(tmp, f"{backend}_{r}.json")
+                subprocess.run([sys.executable, os.path.abspath(__file__), "--child", backend, "--child_out", out,
+                                "--steps", str(a.steps)], check=True)
+                with open(out) as f:
+                    rec = json.load(f)
+                rec["repeat"], rec["summary"] = r, summary(rec["steps"])
+                runs.append(rec)
     print(f"\n{platform.processor() or platform.machine()}, {runs[0]['threads']} threads, torch {runs[0]['torch']}; "
           f"{a.steps} steps per process (GB)\n")
     print("| backend | repeat | live, median step | live, largest | heap, median step | heap, largest | peak RSS | "

@@ -5,6 +5,7 @@
 #   bash setup_reproduction.sh test [args]     # the tests: python -m pytest -q tests [args] (what .ci/run runs)
 #   bash setup_reproduction.sh                 # set up only
 #   bash setup_reproduction.sh lock            # refresh requirements-lock.txt: newest versions, tests, then freeze
+#   bash setup_reproduction.sh python [args]   # the environment's python with the run's allocator (the benches)
 #
 # The environment (.venv) holds exactly the versions in requirements-lock.txt (every package,
 # transitive ones included, that the suite passed with), the project (editable, no extra
@@ -27,8 +28,8 @@ esac
 job=${1:-setup}
 [ $# -gt 0 ] && shift
 case "$job" in
-  setup|run|test|lock) ;;
-  *) echo "setup_reproduction.sh: error: unknown job '$job': use run, test, lock or nothing (set up only)" >&2; exit 2 ;;
+  setup|run|test|lock|python) ;;
+  *) echo "setup_reproduction.sh: error: unknown job '$job': use run, test, python, lock or nothing (set up only)" >&2; exit 2 ;;
 esac
 if [ "$job" = lock ]; then
   DEPS=latest VENV=${LOCK_VENV:-.venv-latest} bash "$0" test "$@"
@@ -45,6 +46,44 @@ if [ "$job" = lock ]; then
   echo "wrote $LOCK ($(grep -vc '^#' "$LOCK") packages)"
   exit 0
 fi
+
+# The run's C allocator. glibc maps every block over 32 MB afresh and hands it back on free, and
+# its heap keeps much of what a step frees in sizes the next step cannot reuse; jemalloc with
+# decay off keeps freed pages for reuse in its size classes. Measured side by side (BENCHMARKS.md
+# sections 1.2 and 9.6): the default run's peak RSS 1.74 -> 1.22 GiB and its steps 0.905x; the
+# synthetic step / two forwards 1.65x -> 1.07x at 16M, where first touches of fresh pages were
+# most of the difference. The same bits either way. The system's library, else Debian's package
+# unpacked into the environment at set-up.
+JEMALLOC_HERE="$VENV/lib/jemalloc/libjemalloc.so.2"
+jemalloc() {
+  local je
+  je=$( (PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')
+  if [ -z "$je" ] && [ -f "$JEMALLOC_HERE" ]; then je=$JEMALLOC_HERE; fi
+  echo "$je"
+}
+fetch_jemalloc() {  # apt-get download needs no root, only the package lists; any failure: glibc's malloc
+  local tmp
+  tmp=$(mktemp -d)
+  if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+     && (cd "$tmp" && timeout 120 apt-get download -qq libjemalloc2 >/dev/null 2>&1) \
+     && dpkg-deb -x "$tmp"/libjemalloc2_*.deb "$tmp/x" && [ -f "$(echo "$tmp"/x/usr/lib/*/libjemalloc.so.2)" ]; then
+    mkdir -p "$(dirname "$JEMALLOC_HERE")"
+    cp "$tmp"/x/usr/lib/*/libjemalloc.so.2 "$JEMALLOC_HERE"
+    echo "jemalloc: Debian's libjemalloc2 unpacked into $(dirname "$JEMALLOC_HERE") (MEZO_ALLOCATOR=system: glibc's malloc)"
+  else
+    echo "jemalloc: not on this system and not fetched (apt-get download libjemalloc2): runs use glibc's malloc"
+  fi
+  rm -rf "$tmp"
+}
+use_jemalloc() {  # an LD_PRELOAD already set is respected; MEZO_ALLOCATOR=system: glibc's
+  if [ -z "${LD_PRELOAD:-}" ] && [ "${MEZO_ALLOCATOR:-auto}" != system ]; then
+    local je
+    je=$(jemalloc)
+    if [ -n "$je" ]; then
+      export LD_PRELOAD="$je" MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"
+    fi
+  fi
+}
 
 TORCH=torch==${TORCH_VERSION:-$(sed -nE 's/^torch==//p' "$LOCK")}  # the lock's, also for DEPS=latest
 # what the environment was built from: rebuilt when any of it changes
@@ -78,18 +117,15 @@ PY
   echo "set-up done ($VENV, $DEPS versions)"
 fi
 
+# jemalloc, tried once per environment where the system lacks it (the tests run on glibc's malloc)
+tried="$(dirname "$JEMALLOC_HERE")/.tried"
+if [ "$job" != test ] && [ "${MEZO_ALLOCATOR:-auto}" != system ] && [ ! -e "$tried" ] && [ -z "$(jemalloc)" ]; then
+  fetch_jemalloc
+  mkdir -p "$(dirname "$tried")" && touch "$tried"
+fi
+
 case "$job" in
-  run)
-    # glibc's heap keeps much of what a MeZO step frees (blocks of sizes the next step cannot
-    # reuse); jemalloc's size classes do not: the default run's peak RSS 1.74 -> 1.22 GiB, the same
-    # bits (BENCHMARKS.md section 9.6). Used when the system has it (apt-get install libjemalloc2);
-    # freed pages are kept for reuse (decay off), as glibc keeps its heap. MEZO_ALLOCATOR=system: glibc's.
-    if [ -z "${LD_PRELOAD:-}" ] && [ "${MEZO_ALLOCATOR:-auto}" != system ]; then
-      je=$( (PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')
-      if [ -n "$je" ]; then
-        export LD_PRELOAD="$je" MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"
-      fi
-    fi
-    exec "$VENV/bin/python" accelerate_mezo.py "$@" ;;
+  run) use_jemalloc; exec "$VENV/bin/python" accelerate_mezo.py "$@" ;;
+  python) use_jemalloc; exec "$VENV/bin/python" "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
 esac

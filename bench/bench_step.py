@@ -13,9 +13,13 @@ alike), it times:
   reference    the reference's step (bench/reference.py): 4 sweeps, torch.manual_seed + one
                torch.normal per parameter per sweep
 
-and reports the median step time of each divided by the median of "2 forwards".
+and reports the median step time of each divided by the median of "2 forwards", with the process's
+C allocator (the run's, jemalloc, through `bash setup_reproduction.sh python`; glibc's malloc maps
+each block over 32 MB afresh, and on a VM first touches of fresh pages then weigh on the step's
+larger blocks: BENCHMARKS.md section 1.2).
 
-    python bench/bench_step.py                          # 0.2M, 16M, 124M; batch 16 x 64
+    bash setup_reproduction.sh python bench/bench_step.py   # as the run: 0.2M, 16M, 124M; batch 16 x 64
+    python bench/bench_step.py                          # the same with glibc's malloc
     python bench/bench_step.py --sizes 16m --rounds 5
     python bench/bench_step.py --methods stochastic       # only the default numerics beside 2 forwards
     python bench/bench_step.py --methods stochastic --also_backend compile   # native vs compiled kernels
@@ -36,6 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.reference import pair_loss, reference_step, zo_loss  # noqa: E402
 from mezo import zo  # noqa: E402
+from mezo.context import allocator  # noqa: E402
 
 # OPT-like configs: hidden, layers, heads, ffn, vocab (124m is facebook/opt-125m's shape)
 SIZES = {"0.2m": (32, 2, 4, 128, 4096), "16m": (256, 4, 4, 1024, 50272), "124m": (768, 12, 12, 3072, 50272)}
@@ -96,7 +101,8 @@ def bench(size: str, args) -> dict:
         for m, fn in methods.items():
             times[m].append(timed(fn))
     med = {m: statistics.median(t) for m, t in times.items()}
-    row = {"size": size, "params": n_params, "backend": main_backend, "methods in the process": list(methods),
+    row = {"size": size, "params": n_params, "backend": main_backend, "allocator": allocator(),
+           "methods in the process": list(methods),
            **{f"{m} s": med[m] for m in methods}, **{f"{m} / 2 fwd": med[m] / med["2 forwards"] for m in methods}}
     print(json.dumps(row), flush=True)
     return row
@@ -118,7 +124,8 @@ def main():
     ap.add_argument("--output", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     rows = [bench(s, args) for s in args.sizes]
-    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"allocator {allocator()}; "
           f"batch {args.batch_size} x {args.seq_len}, median of {args.rounds} interleaved rounds\n")
     names = [m for m in rows[0]["methods in the process"] if m != "2 forwards"]
     print("| model | params | 2 forwards (s) | " + " | ".join(f"{m} (s)" for m in names) + " | "

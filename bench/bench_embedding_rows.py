@@ -104,14 +104,11 @@ def compare(label, step, n_steps, warmup) -> dict:
 
 
 def default_model(a) -> dict:
-    from bench.default_steps import default_steps
-    from mezo.schedule import step_seed
+    from bench.default_steps import default_steps, run_step
     cfg, _, loss, eng = default_steps("bench_embedding_rows")
-    t, zc = cfg.train, cfg.zo
 
     def step(i):
-        _, ls = eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
-                         pair_fn=lambda: loss.pair(i))
+        _, ls = run_step(cfg, loss, eng, i)
         eng.drop_update()  # every version starts each step index from the same theta
         return ls[0]
     return compare("SmolLM2-135M (default run)", step, a.steps, a.warmup)

@@ -49,13 +49,11 @@ def child(backend: str, steps: int, out: str) -> None:
     import psutil
     import torch
 
-    from bench.default_steps import default_steps
-    from mezo.schedule import step_seed
+    from bench.default_steps import default_steps, run_step
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo2
     cfg, _, loss, eng = default_steps("bench_heap", None if backend == FORWARDS else backend)
-    t, zc = cfg.train, cfg.zo
     peak = {"live": 0, "heap": 0, "rss": 0}
     stop = threading.Event()
     proc = psutil.Process()
@@ -78,8 +76,7 @@ def child(backend: str, steps: int, out: str) -> None:
             loss(i)
             loss(i)
         else:
-            eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
-                     pair_fn=lambda: loss.pair(i))
+            run_step(cfg, loss, eng, i)
             eng.flush()  # this step's update inside its record
         dt = time.perf_counter() - t0
         rows.append({"step": i, "step_s": dt, **{f"{k}_bytes": v for k, v in peak.items()}})

@@ -36,9 +36,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.default_steps import default_steps  # noqa: E402
+from bench.default_steps import default_steps, run_step  # noqa: E402
 from mezo import zo  # noqa: E402
-from mezo.schedule import step_seed  # noqa: E402
 
 
 def tables() -> dict[str, zo.Kernels]:
@@ -59,7 +58,6 @@ def main() -> None:
     a = p.parse_args()
 
     cfg, _, loss, eng = default_steps("bench_kernel_threads", "compile")
-    t, zc = cfg.train, cfg.zo
 
     table = tables()
     in_kernels = {name: [0.0, 0.0] for name in table}  # name -> [wall, cpu] inside kernel calls
@@ -88,8 +86,7 @@ def main() -> None:
             for v in in_kernels.values():
                 v[:] = [0.0, 0.0]
         t0 = time.perf_counter()
-        eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
-                 pair_fn=lambda: loss.pair(i))
+        run_step(cfg, loss, eng, i)
         eng.flush()  # this step's update swept with this step's table
         dt = time.perf_counter() - t0
         print(f"step {i} ({name}): {dt:.3f} s", flush=True)

@@ -35,9 +35,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.default_steps import default_steps  # noqa: E402
+from bench.default_steps import default_steps, run_step  # noqa: E402
 from mezo import zo  # noqa: E402
-from mezo.schedule import step_seed  # noqa: E402
 
 
 def main() -> None:
@@ -69,8 +68,7 @@ def main() -> None:
         calls.clear()
         spent["s"] = 0.0
         t0 = time.perf_counter()
-        eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
-                 pair_fn=lambda: loss.pair(i))
+        run_step(cfg, loss, eng, i)
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             rows.append({"step_s": dt, "forward_s": eng.timing["forward"], "sweep_s": eng.timing["sweep"],

@@ -1,5 +1,5 @@
 """The default run's MeZO steps, set up for the benches that time them in process
-(bench_pm_in_forward, bench_kernel_threads): SmolLM2-135M-Instruct (the offline package, fp32),
+(bench_pm_in_forward, bench_kernel_threads, bench_heap, bench_embedding_rows): SmolLM2-135M-Instruct (the offline package, fp32),
 its SST-2 batches, and an engine with the default run's numerics (stochastic, dual forward)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from mezo import config, models, zo
 from mezo.batches import BatchStream, make_loss_fn
+from mezo.schedule import step_seed
 from mezo.scoring import make_encoder
 from mezo.splits import build_splits
 from mezo.tasks import get_task
@@ -29,3 +30,12 @@ def default_steps(name: str, backend: str | None = None):
     eng = zo.ZOEngine.from_model(model, dist=zc.dist, backend=backend or zc.backend, numerics="stochastic",
                                  row_groups=t.batch_size // t.forward_batch_size)
     return cfg, model, loss, eng
+
+
+def run_step(cfg, loss, eng, i: int):
+    """The default run's step i (its seed, learning rate, eps and weight decay; the dual forward's
+    two losses from loss.pair): what ZOEngine.step returns. Its update is left pending, as in the
+    run (eng.flush() applies it, eng.drop_update() discards it)."""
+    t, zc = cfg.train, cfg.zo
+    return eng.step(lambda: loss(i), [step_seed(t.seed, i, 0, 1)], t.learning_rate, zc.eps, t.weight_decay,
+                    pair_fn=lambda: loss.pair(i))

@@ -1,5 +1,6 @@
 """experiment_config.json names the process's C allocator (mezo.context.allocator): a preloaded
-one is recognised by its library in the process's mappings."""
+one is recognised by its library in the process's mappings; setup_reproduction.sh's run (and
+`python` job) preloads a jemalloc the system has."""
 import hashlib
 import os
 import platform
@@ -13,6 +14,8 @@ from helpers import ROOT
 from mezo import native
 
 ASK = "from mezo import context; print(context.allocator())"
+NEEDS_PRELOAD = pytest.mark.skipif(platform.system() != "Linux" or native.compiler() is None,
+                                   reason="needs Linux (LD_PRELOAD, /proc) and a C compiler for stand-in libraries")
 
 
 def _allocator(env_extra: dict) -> str:
@@ -23,24 +26,20 @@ def _allocator(env_extra: dict) -> str:
     return done.stdout.strip()
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or native.compiler() is None,
-                    reason="needs Linux (LD_PRELOAD, /proc) and a C compiler for the stand-in library")
-def test_a_preloaded_jemalloc_is_named_and_glibc_is_system(tmp_path):
-    # a library named as jemalloc's (empty: malloc stays glibc's); what is checked is that its
-    # mapping is found, which is all allocator() looks at
-    lib = tmp_path / "libjemalloc.so.2"
-    src = tmp_path / "empty.c"
-    src.write_text("int mezo_stand_in;\n")
-    subprocess.run([*shlex.split(native.compiler()), "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
-    assert _allocator({}) == "system"
-    assert _allocator({"LD_PRELOAD": str(lib)}) == "jemalloc"
-
-
 def _stand_in(path) -> str:
     src = path.parent / "empty.c"
     src.write_text("int mezo_stand_in;\n")
     subprocess.run([*shlex.split(native.compiler()), "-shared", "-fPIC", str(src), "-o", str(path)], check=True)
     return str(path)
+
+
+@NEEDS_PRELOAD
+def test_a_preloaded_jemalloc_is_named_and_glibc_is_system(tmp_path):
+    # a library named as jemalloc's (empty: malloc stays glibc's); what is checked is that its
+    # mapping is found, which is all allocator() looks at
+    lib = _stand_in(tmp_path / "libjemalloc.so.2")
+    assert _allocator({}) == "system"
+    assert _allocator({"LD_PRELOAD": lib}) == "jemalloc"
 
 
 def _setup_env() -> dict | None:
@@ -65,8 +64,7 @@ def _setup_env() -> dict | None:
     return env
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or native.compiler() is None,
-                    reason="needs Linux (LD_PRELOAD, /proc) and a C compiler for the stand-in library")
+@NEEDS_PRELOAD
 def test_the_run_preloads_the_systems_jemalloc_unless_told_otherwise(tmp_path):
     # setup_reproduction.sh's `python` job (the run's environment and allocator, for the benches)
     # with a system whose ldconfig lists a jemalloc: it is preloaded with decay off; an LD_PRELOAD

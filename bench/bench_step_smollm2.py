@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mezo import config, models, noise, zo  # noqa: E402
 from mezo.batches import BatchStream, make_loss_fn  # noqa: E402
+from mezo.context import allocator  # noqa: E402
 from mezo.schedule import step_seed  # noqa: E402
 from mezo.scoring import make_encoder  # noqa: E402
 from mezo.splits import build_splits  # noqa: E402
@@ -170,7 +171,7 @@ def main() -> None:
              "overhead_ns_per_param": (med[m] - base) / numel * 1e9} for m in methods]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"\n{where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"backend {main_backend}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
+          f"backend {main_backend}, allocator {allocator()}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
           f"forwards of {t.forward_batch_size}; median of {a.steps} interleaved steps after {a.warmup} warm-up\n")
     print("| method | median step (s) | vs 2 forwards | overhead (ns / parameter) |")
     print("|---|---:|---:|---:|")
@@ -191,7 +192,7 @@ def main() -> None:
         with open(a.json, "w") as fh:
             json.dump({"model": cfg.model.name, "numel": numel, "backend": main_backend, "also_backend": a.also_backend,
                        "also_kernel_ns_per_element": also_ns, "main_over_also_step_ratio": also_ratio, "threads": torch.get_num_threads(),
-                       "device": where, "parity_fallback": fallback or None, "batch_size": t.batch_size,
+                       "device": where, "allocator": allocator(), "parity_fallback": fallback or None, "batch_size": t.batch_size,
                        "forward_batch_size": t.forward_batch_size,
                        "steps": a.steps, "rows": rows, "split_s": {"forward": f, "sweep": s},
                        "z_evaluations_per_step": statistics.median(z_per_step), "kernel_ns_per_element": ns,

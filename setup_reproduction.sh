@@ -54,7 +54,8 @@ fi
 # synthetic step / two forwards 1.65x -> 1.07x at 16M, where first touches of fresh pages were
 # most of the difference. The same bits either way. The system's library, else Debian's package
 # unpacked into the environment at set-up.
-JEMALLOC_HERE="$VENV/lib/jemalloc/libjemalloc.so.2"
+JEMALLOC_DIR="$VENV/lib/jemalloc"  # the unpacked library, and .tried once set-up has tried
+JEMALLOC_HERE="$JEMALLOC_DIR/libjemalloc.so.2"
 jemalloc() {
   local je
   je=$( (PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')
@@ -67,9 +68,9 @@ fetch_jemalloc() {  # apt-get download needs no root, only the package lists; an
   if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
      && (cd "$tmp" && timeout 120 apt-get download -qq libjemalloc2 >/dev/null 2>&1) \
      && dpkg-deb -x "$tmp"/libjemalloc2_*.deb "$tmp/x" && [ -f "$(echo "$tmp"/x/usr/lib/*/libjemalloc.so.2)" ]; then
-    mkdir -p "$(dirname "$JEMALLOC_HERE")"
+    mkdir -p "$JEMALLOC_DIR"
     cp "$tmp"/x/usr/lib/*/libjemalloc.so.2 "$JEMALLOC_HERE"
-    echo "jemalloc: Debian's libjemalloc2 unpacked into $(dirname "$JEMALLOC_HERE") (MEZO_ALLOCATOR=system: glibc's malloc)"
+    echo "jemalloc: Debian's libjemalloc2 unpacked into $JEMALLOC_DIR (MEZO_ALLOCATOR=system: glibc's malloc)"
   else
     echo "jemalloc: not on this system and not fetched (apt-get download libjemalloc2): runs use glibc's malloc"
   fi
@@ -118,10 +119,9 @@ PY
 fi
 
 # jemalloc, tried once per environment where the system lacks it (the tests run on glibc's malloc)
-tried="$(dirname "$JEMALLOC_HERE")/.tried"
-if [ "$job" != test ] && [ "${MEZO_ALLOCATOR:-auto}" != system ] && [ ! -e "$tried" ] && [ -z "$(jemalloc)" ]; then
+if [ "$job" != test ] && [ "${MEZO_ALLOCATOR:-auto}" != system ] && [ ! -e "$JEMALLOC_DIR/.tried" ] && [ -z "$(jemalloc)" ]; then
   fetch_jemalloc
-  mkdir -p "$(dirname "$tried")" && touch "$tried"
+  mkdir -p "$JEMALLOC_DIR" && touch "$JEMALLOC_DIR/.tried"
 fi
 
 case "$job" in

@@ -125,7 +125,7 @@ def main():
     args = ap.parse_args()
     rows = [bench(s, args) for s in args.sizes]
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"allocator {allocator()}; "
+          f"allocator {rows[0]['allocator']}; "
           f"batch {args.batch_size} x {args.seq_len}, median of {args.rounds} interleaved rounds\n")
     names = [m for m in rows[0]["methods in the process"] if m != "2 forwards"]
     print("| model | params | 2 forwards (s) | " + " | ".join(f"{m} (s)" for m in names) + " | "

@@ -170,8 +170,9 @@ def main() -> None:
     rows = [{"method": m, "median_s": med[m], "ratio": med[m] / base,
              "overhead_ns_per_param": (med[m] - base) / numel * 1e9} for m in methods]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    alloc = allocator()
     print(f"\n{where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"backend {main_backend}, allocator {allocator()}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
+          f"backend {main_backend}, allocator {alloc}; {cfg.model.name} fp32 ({numel / 1e6:.1f}M trainable), batch {t.batch_size}, "
           f"forwards of {t.forward_batch_size}; median of {a.steps} interleaved steps after {a.warmup} warm-up\n")
     print("| method | median step (s) | vs 2 forwards | overhead (ns / parameter) |")
     print("|---|---:|---:|---:|")
@@ -192,7 +193,7 @@ def main() -> None:
         with open(a.json, "w") as fh:
             json.dump({"model": cfg.model.name, "numel": numel, "backend": main_backend, "also_backend": a.also_backend,
                        "also_kernel_ns_per_element": also_ns, "main_over_also_step_ratio": also_ratio, "threads": torch.get_num_threads(),
-                       "device": where, "allocator": allocator(), "parity_fallback": fallback or None, "batch_size": t.batch_size,
+                       "device": where, "allocator": alloc, "parity_fallback": fallback or None, "batch_size": t.batch_size,
                        "forward_batch_size": t.forward_batch_size,
                        "steps": a.steps, "rows": rows, "split_s": {"forward": f, "sweep": s},
                        "z_evaluations_per_step": statistics.median(z_per_step), "kernel_ns_per_element": ns,
